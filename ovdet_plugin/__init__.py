@@ -1,0 +1,32 @@
+"""ovdet_plugin: open-vocabulary object detection recipes (ViLD, F-VLM, CLIPSelf/F-ViT, RO-ViT)
+as a Detectron2 plugin.
+
+Usage in any Detectron2 project::
+
+    import ovdet_plugin                      # registers every component (explicit imports below)
+    from detectron2.config import get_cfg
+    cfg = get_cfg()
+    ovdet_plugin.add_ovdet_config(cfg)       # adds the MODEL.OVD.* keys
+    cfg.merge_from_file("configs/....yaml")
+"""
+
+try:
+    import detectron2  # noqa: F401
+except ImportError as e:  # pragma: no cover - exercised in a subprocess test
+    raise ImportError(
+        "ovdet_plugin needs detectron2, which is not published on PyPI, so `pip install` cannot "
+        "pull it in. Install it first, then retry:\n"
+        "  - from this repository: `make install` (or `bash tools/install_env.sh`), which installs "
+        "a pure-Python detectron2 from the package registry;\n"
+        "  - with internet and a compiler: pip install --no-build-isolation "
+        "'git+https://github.com/facebookresearch/detectron2.git'.\n"
+        "See README.md, section 'Installation'."
+    ) from e
+
+from .config import add_ovdet_config  # noqa: E402
+
+# Registration-only imports: importing these modules runs their registry decorators.
+from . import clip as _clip  # noqa: E402,F401  (adds the tiny open_clip model configs)
+
+__version__ = "0.1.0"
+__all__ = ["add_ovdet_config", "__version__"]
