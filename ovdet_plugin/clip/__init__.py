@@ -1,0 +1,11 @@
+"""CLIP side of the plugin: open_clip loading, prompts, text classifiers and their cache."""
+
+from .loading import (  # noqa: F401  (importing registers the tiny model configs)
+    TINY_MODEL_NAMES,
+    build_clip_model,
+    clip_embed_dim,
+    get_clip_tokenizer,
+    load_clip_checkpoint,
+    text_weights_checksum,
+)
+from .prompts import VILD_TEMPLATES, build_prompts, normalize_class_name  # noqa: F401

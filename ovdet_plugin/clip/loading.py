@@ -91,26 +91,53 @@ def load_clip_checkpoint(model: nn.Module, path: str, model_name: str = "?") -> 
         )
     try:
         if _is_torchscript_archive(path):
-            state_dict = torch.jit.load(path, map_location="cpu").state_dict()
-            for key in ("input_resolution", "context_length", "vocab_size"):
-                state_dict.pop(key, None)
-            result = model.load_state_dict(state_dict, strict=False)
+            result = model.load_state_dict(_torchscript_state_dict(path), strict=False)
         else:
             result = open_clip.load_checkpoint(model, path, strict=False)
-    except (RuntimeError, ValueError, EOFError, OSError, KeyError, zipfile.BadZipFile) as e:
+        missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
+        error = None
+    except Exception as e:  # unreadable file, shape mismatches, ...
+        error = e
+        missing, unexpected = _key_differences(model, path)
+    if error is None and not missing and not unexpected:
+        return
+    keys = (
+        f"{len(missing)} missing keys (first: {_first(missing)}), {len(unexpected)} unexpected "
+        f"keys (first: {_first(unexpected)})"
+    )
+    if error is None or missing or unexpected:
         raise RuntimeError(
-            f"Could not load CLIP checkpoint {path!r} into architecture {model_name!r}: {e}\n"
-            "Check that the file is complete and that MODEL.OVD.CLIP.MODEL_NAME names the "
-            "architecture it was trained with."
-        ) from e
-    missing = list(getattr(result, "missing_keys", []))
-    unexpected = list(getattr(result, "unexpected_keys", []))
-    if missing or unexpected:
-        raise RuntimeError(
-            f"CLIP checkpoint {path!r} does not match architecture {model_name!r}: "
-            f"{len(missing)} missing keys (first: {_first(missing)}), {len(unexpected)} "
-            f"unexpected keys (first: {_first(unexpected)}). Check MODEL.OVD.CLIP.MODEL_NAME."
-        )
+            f"CLIP checkpoint {path!r} does not match architecture {model_name!r}: {keys}. "
+            "Check MODEL.OVD.CLIP.MODEL_NAME."
+        ) from error
+    raise RuntimeError(
+        f"Could not load CLIP checkpoint {path!r} into architecture {model_name!r}: {error}\n"
+        "Check that the file is complete and that MODEL.OVD.CLIP.MODEL_NAME names the "
+        "architecture it was trained with."
+    ) from error
+
+
+def _torchscript_state_dict(path: str) -> Dict[str, torch.Tensor]:
+    state_dict = torch.jit.load(path, map_location="cpu").state_dict()
+    # Scalars OpenAI stores beside the weights, and the causal text mask that open_clip keeps as a
+    # non-persistent buffer (a traced module saves it as a constant-like entry).
+    for key in ("input_resolution", "context_length", "vocab_size", "attn_mask"):
+        state_dict.pop(key, None)
+    return state_dict
+
+
+def _key_differences(model: nn.Module, path: str) -> Tuple[List[str], List[str]]:
+    """(missing, unexpected) keys of a checkpoint file against ``model``; ([], []) when the file
+    cannot even be read (the caller then reports the read error)."""
+    try:
+        if _is_torchscript_archive(path):
+            keys = set(_torchscript_state_dict(path))
+        else:
+            keys = set(open_clip.factory.load_state_dict(path))
+    except Exception:
+        return [], []
+    expected = set(model.state_dict())
+    return sorted(expected - keys), sorted(keys - expected)
 
 
 def build_clip_model(
