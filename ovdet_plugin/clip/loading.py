@@ -213,7 +213,7 @@ def text_weights_checksum(model: nn.Module) -> str:
         tensor = state[key].detach().to("cpu").contiguous().reshape(-1)
         h.update(key.encode())
         h.update(str(tuple(tensor.shape)).encode() + str(tensor.dtype).encode())
-        h.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        h.update(tensor.view(torch.uint8).numpy().data if tensor.numel() else b"")  # no copy
     digest = h.hexdigest()
     object.__setattr__(model, "_ovdet_text_checksum", (stamp, digest))
     return digest
