@@ -14,9 +14,9 @@ setup(
         "Open-vocabulary object detection (ViLD, F-VLM, CLIPSelf/F-ViT, RO-ViT) "
         "as a Detectron2 plugin"
     ),
-    long_description=(here / "README.md").read_text(encoding="utf-8")
-    if (here / "README.md").exists()
-    else "",
+    long_description=(
+        (here / "README.md").read_text(encoding="utf-8") if (here / "README.md").exists() else ""
+    ),
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
     packages=find_packages(include=["ovdet_plugin", "ovdet_plugin.*"]),

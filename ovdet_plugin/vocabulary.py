@@ -222,7 +222,9 @@ def _from_json(path: str) -> Vocabulary:
         if "split" in c:
             splits.append(c["split"])
         else:
-            splits.append(NOVEL if c.get("frequency") == "r" else BASE if "frequency" in c else NOVEL)
+            splits.append(
+                NOVEL if c.get("frequency") == "r" else BASE if "frequency" in c else NOVEL
+            )
     return Vocabulary(
         names=tuple(c["name"] for c in cats),
         synonyms=tuple(_with_name_first(c["name"], c.get("synonyms", [])) for c in cats),

@@ -56,7 +56,9 @@ def test_unknown_pretrained_tag_lists_known_tags():
 
 def test_unreachable_hub_says_to_pass_a_local_file(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(RuntimeError, match="Could not fetch pretrained weights 'openai'.*local path"):
+    with pytest.raises(
+        RuntimeError, match="Could not fetch pretrained weights 'openai'.*local path"
+    ):
         build_clip_model("RN50", "openai")
 
 

@@ -7,10 +7,10 @@ import sys
 import textwrap
 
 import pytest
+from conftest import REPO_ROOT
 from detectron2.config import get_cfg
 
 import ovdet_plugin
-from conftest import REPO_ROOT
 
 TINY_CONFIG = os.path.join(REPO_ROOT, "configs", "test", "tiny_rcnn.yaml")
 
@@ -28,21 +28,18 @@ def _run_python(code: str) -> subprocess.CompletedProcess:
 
 
 def test_import_without_detectron2_says_how_to_install():
-    result = _run_python(
-        """
+    result = _run_python("""
         import sys
         sys.modules["detectron2"] = None  # simulate a machine without detectron2
         import ovdet_plugin
-        """
-    )
+        """)
     assert result.returncode != 0
     assert "ImportError: ovdet_plugin needs detectron2" in result.stderr
     assert "make install" in result.stderr and "facebookresearch/detectron2" in result.stderr
 
 
 def test_plain_detectron2_script_needs_two_lines():
-    result = _run_python(
-        f"""
+    result = _run_python(f"""
         import ovdet_plugin
         from detectron2.config import get_cfg
         from detectron2.modeling import build_model
@@ -51,8 +48,7 @@ def test_plain_detectron2_script_needs_two_lines():
         cfg.merge_from_file({TINY_CONFIG!r})
         model = build_model(cfg)
         print("built", type(model).__name__, cfg.MODEL.OVD.CLIP.MODEL_NAME)
-        """
-    )
+        """)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "built GeneralizedRCNN ovdet-tiny-vit" in result.stdout
 

@@ -53,7 +53,9 @@ def test_synonym_averaging(tiny_clip):
         model, tokenizer, vocab, prompts="single", average_synonyms=True
     )
     with torch.no_grad():
-        both = F.normalize(model.encode_text(tokenizer(["a photo of a sofa.", "a photo of a couch."])), dim=-1)
+        both = F.normalize(
+            model.encode_text(tokenizer(["a photo of a sofa.", "a photo of a couch."])), dim=-1
+        )
     torch.testing.assert_close(averaged[0], F.normalize(both.mean(0), dim=0), atol=1e-5, rtol=0)
     torch.testing.assert_close(averaged[1], plain[1])  # no synonyms: unchanged
     assert not torch.allclose(averaged[0], plain[0])
@@ -104,9 +106,7 @@ def test_cache_key_covers_model_weights_prompts_and_names(tiny_clip, tmp_path):
     other = ovdet_plugin.clip.build_clip_model("ovdet-tiny-vit")  # other random weights
     emb = te.get_text_embeddings(other, tokenizer, VOCAB, prompts="single", cache_dir=d)
     assert len(_cache_files(d)) == 5
-    torch.testing.assert_close(
-        emb, te.encode_vocabulary(other, tokenizer, VOCAB, prompts="single")
-    )
+    torch.testing.assert_close(emb, te.encode_vocabulary(other, tokenizer, VOCAB, prompts="single"))
 
 
 def _corrupt(path, how):
@@ -124,7 +124,9 @@ def _corrupt(path, how):
 @pytest.mark.parametrize("how", ["truncated", "garbage", "tampered"])
 def test_corrupt_cache_is_rebuilt(tiny_clip, tmp_path, how, caplog):
     model, tokenizer = tiny_clip
-    good = te.get_text_embeddings(model, tokenizer, VOCAB, prompts="single", cache_dir=str(tmp_path))
+    good = te.get_text_embeddings(
+        model, tokenizer, VOCAB, prompts="single", cache_dir=str(tmp_path)
+    )
     (name,) = _cache_files(tmp_path)
     _corrupt(tmp_path / name, how)
     with caplog.at_level(logging.WARNING, logger="ovdet_plugin.clip.text_embeddings"):
@@ -194,7 +196,9 @@ def test_text_embeddings_from_config(tmp_path):
     torch.manual_seed(0)
     emb = te.text_embeddings_from_config(cfg, VOCAB, embed_dim=64)
     assert emb.shape == (3, 64) and len(_cache_files(tmp_path / "cache")) == 1
-    with pytest.raises(ValueError, match="gives 64-d text embeddings but the detector head expects 512"):
+    with pytest.raises(
+        ValueError, match="gives 64-d text embeddings but the detector head expects 512"
+    ):
         te.text_embeddings_from_config(cfg, VOCAB, embed_dim=512)
     path = str(tmp_path / "file.pt")
     te.save_embeddings_file(path, emb, load_vocabulary(VOCAB))

@@ -5,8 +5,8 @@ import subprocess
 import sys
 
 import torch
-
 from conftest import REPO_ROOT
+
 from ovdet_plugin.clip.text_embeddings import load_embeddings_file
 
 
@@ -34,7 +34,9 @@ def test_dump_text_embeddings_writes_a_loadable_file(tmp_path):
     emb = load_embeddings_file(out, "cat, remote control, sofa", embed_dim=64)
     assert emb.shape == (3, 64)
     blob = torch.load(out, weights_only=True)
-    assert blob["splits"] == ["novel", "novel", "novel"] and '"prompts": "clip"' in blob["info_json"]
+    assert (
+        blob["splits"] == ["novel", "novel", "novel"] and '"prompts": "clip"' in blob["info_json"]
+    )
 
 
 def test_dump_text_embeddings_rejects_bad_vocabulary(tmp_path):

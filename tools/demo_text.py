@@ -4,7 +4,8 @@ and print the nearest class names for a few typed queries.
 
 The default tiny model is randomly initialised (no weights can be downloaded here), so its
 ranking is arbitrary: the run shows the pipeline (prompt ensemble, encoding, cache). Pass
-``--model ViT-B-32 --pretrained /path/ViT-B-32.pt`` for real CLIP semantics. The second encoding of the same vocabulary comes from the on-disk cache.
+``--model ViT-B-32 --pretrained /path/ViT-B-32.pt`` for real CLIP semantics. The second encoding
+of the same vocabulary comes from the on-disk cache.
 
 Example::
 
@@ -53,8 +54,13 @@ def main(argv=None):
     weights = args.pretrained or f"random init (seed {args.seed})"
     print(f"CLIP model: {args.model}, weights: {weights}")
     if not args.pretrained:
-        print("  note: random weights, so the ranking below is arbitrary; pass --pretrained for a real CLIP")
-    print(f"Vocabulary: {len(vocabulary)} classes from {vocabulary.source!r}, prompts={args.prompts}")
+        print(
+            "  note: random weights, so the ranking below is arbitrary; "
+            "pass --pretrained for a real CLIP"
+        )
+    print(
+        f"Vocabulary: {len(vocabulary)} classes from {vocabulary.source!r}, prompts={args.prompts}"
+    )
     example = build_prompts(normalize_class_name(vocabulary.names[0]), args.prompts)
     print(f"  {len(example)} prompts per class, e.g. {example[0]!r} ... {example[-1]!r}")
 

@@ -58,7 +58,9 @@ def _check_model_name(model_name: str) -> None:
 
 
 def _looks_like_path(pretrained: str) -> bool:
-    return os.path.exists(pretrained) or os.sep in pretrained or pretrained.endswith(_WEIGHT_SUFFIXES)
+    return (
+        os.path.exists(pretrained) or os.sep in pretrained or pretrained.endswith(_WEIGHT_SUFFIXES)
+    )
 
 
 def _is_torchscript_archive(path: str) -> bool:

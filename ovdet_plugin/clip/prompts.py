@@ -8,7 +8,7 @@
   (``open_clip.zero_shot_metadata.OPENAI_IMAGENET_TEMPLATES``), not re-typed here.
 """
 
-from typing import Callable, List, Sequence
+from typing import Callable, List
 
 __all__ = [
     "PROMPT_SETS",
@@ -145,4 +145,3 @@ def build_prompts(name: str, prompt_set: str, single_prompt: str = "a photo of a
             f"choose one of {prompt_set_names()}"
         )
     return builder(name)
-

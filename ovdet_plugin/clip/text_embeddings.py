@@ -282,7 +282,8 @@ def load_embeddings_file(
 
 
 def text_embeddings_from_config(cfg, vocabulary, embed_dim: Optional[int] = None) -> torch.Tensor:
-    """Class embeddings for ``vocabulary`` as the config asks: from ``MODEL.OVD.TEXT.EMBEDDINGS_FILE``
+    """Class embeddings for ``vocabulary`` as the config asks: from
+    ``MODEL.OVD.TEXT.EMBEDDINGS_FILE``
     if set, else encoded (and cached) with the CLIP model of ``MODEL.OVD.CLIP``.
 
     Returns:
@@ -306,7 +307,7 @@ def text_embeddings_from_config(cfg, vocabulary, embed_dim: Optional[int] = None
     if embed_dim is not None and emb.shape[1] != embed_dim:
         raise ValueError(
             f"CLIP model {cfg.MODEL.OVD.CLIP.MODEL_NAME!r} gives {emb.shape[1]}-d text embeddings "
-            f"but the detector head expects {embed_dim}-d. Use the CLIP model the head was built for."
+            f"but the detector head expects {embed_dim}-d. Use the CLIP model the head was built "
+            "for."
         )
     return emb
-
