@@ -12,6 +12,8 @@ Built-in vocabularies need no download:
   the split of Bansal et al. / OVR-CNN used by ViLD, F-VLM and CLIPSelf.
 - ``"coco_ov"``: the 65 classes of that split, in COCO order.
 
+``"dataset:NAME"``: the classes and flags of a dataset registered through ``ovdet_plugin.data``.
+
 Custom vocabularies: a comma-separated string (``"cat, remote control, sofa"``), a ``.txt`` file
 (one class per line; ``|`` separates synonyms: ``sofa | couch``; ``#`` starts a comment) or a
 ``.json`` file holding LVIS/COCO-style ``categories`` (``frequency`` "r" marks novel classes; an
@@ -239,8 +241,9 @@ def load_vocabulary(spec) -> Vocabulary:
 
     Args:
         spec: a :class:`Vocabulary` (returned as is), a built-in name ("lvis", "coco",
-            "coco_ov"), a path to a .txt/.json file, a comma-separated string of class names, or
-            a list of names.
+            "coco_ov"), "dataset:NAME" (the classes and base/novel flags of a dataset registered
+            through ``ovdet_plugin.data``), a path to a .txt/.json file, a comma-separated string
+            of class names, or a list of names.
     """
     if isinstance(spec, Vocabulary):
         return spec
@@ -249,6 +252,10 @@ def load_vocabulary(spec) -> Vocabulary:
     if not isinstance(spec, str):
         raise TypeError(f"A vocabulary spec must be a string or a list of names, got {type(spec)}")
     key = spec.strip()
+    if key.startswith("dataset:"):  # the classes and flags of a registered dataset
+        from .data import get_dataset_vocabulary
+
+        return get_dataset_vocabulary(key[len("dataset:") :].strip())
     if key.lower() in BUILTIN_VOCABULARIES:
         return BUILTIN_VOCABULARIES[key.lower()]()
     looks_like_file = key.endswith((".txt", ".json")) or os.sep in key

@@ -34,6 +34,7 @@ __all__ = [
     "load_embeddings_file",
     "save_embeddings_file",
     "text_embeddings_from_config",
+    "VocabularyEncoder",
     "default_cache_dir",
 ]
 
@@ -281,33 +282,64 @@ def load_embeddings_file(
     return F.normalize(arr, dim=-1)
 
 
+class VocabularyEncoder:
+    """Turns vocabularies into class embeddings the way a config asks; the CLIP model is built
+    once, on first use, and shared by every vocabulary encoded through this object.
+
+    ``MODEL.OVD.TEXT.EMBEDDINGS_FILE`` (if set) serves ``file_vocabulary`` (the vocabulary it was
+    made for, normally the training one); any other vocabulary is encoded (and cached) with the
+    CLIP model of ``MODEL.OVD.CLIP``.
+    """
+
+    def __init__(self, cfg, file_vocabulary=None):
+        self.cfg = cfg
+        self.file_vocabulary = file_vocabulary
+        self._model = None
+
+    def _clip(self):
+        if self._model is None:
+            clip = self.cfg.MODEL.OVD.CLIP
+            self._model = (
+                build_clip_model(clip.MODEL_NAME, clip.PRETRAINED),
+                get_clip_tokenizer(clip.MODEL_NAME),
+            )
+        return self._model
+
+    def __call__(self, vocabulary, embed_dim: Optional[int] = None) -> torch.Tensor:
+        """(K, D) float32 embeddings of ``vocabulary``, rows L2-normalised."""
+        text = self.cfg.MODEL.OVD.TEXT
+        vocabulary = load_vocabulary(vocabulary)
+        if text.EMBEDDINGS_FILE and (
+            self.file_vocabulary is None
+            or load_vocabulary(self.file_vocabulary).names == vocabulary.names
+        ):
+            return load_embeddings_file(text.EMBEDDINGS_FILE, vocabulary, embed_dim)
+        model, tokenizer = self._clip()
+        emb = get_text_embeddings(
+            model,
+            tokenizer,
+            vocabulary,
+            prompts=text.PROMPTS,
+            single_prompt=text.SINGLE_PROMPT,
+            average_synonyms=text.AVERAGE_SYNONYMS,
+            batch_size=text.BATCH_SIZE,
+            cache_dir=text.CACHE_DIR or None,
+        )
+        if embed_dim is not None and emb.shape[1] != embed_dim:
+            raise ValueError(
+                f"CLIP model {self.cfg.MODEL.OVD.CLIP.MODEL_NAME!r} gives {emb.shape[1]}-d text "
+                f"embeddings but the detector head expects {embed_dim}-d (vocabulary "
+                f"{vocabulary.source!r}). Use the CLIP model the head was built for."
+            )
+        return emb
+
+
 def text_embeddings_from_config(cfg, vocabulary, embed_dim: Optional[int] = None) -> torch.Tensor:
     """Class embeddings for ``vocabulary`` as the config asks: from
-    ``MODEL.OVD.TEXT.EMBEDDINGS_FILE``
-    if set, else encoded (and cached) with the CLIP model of ``MODEL.OVD.CLIP``.
+    ``MODEL.OVD.TEXT.EMBEDDINGS_FILE`` if set, else encoded (and cached) with the CLIP model of
+    ``MODEL.OVD.CLIP``.
 
     Returns:
         (K, D) float32 tensor, rows L2-normalised.
     """
-    text = cfg.MODEL.OVD.TEXT
-    vocabulary = load_vocabulary(vocabulary)
-    if text.EMBEDDINGS_FILE:
-        return load_embeddings_file(text.EMBEDDINGS_FILE, vocabulary, embed_dim)
-    model = build_clip_model(cfg.MODEL.OVD.CLIP.MODEL_NAME, cfg.MODEL.OVD.CLIP.PRETRAINED)
-    emb = get_text_embeddings(
-        model,
-        get_clip_tokenizer(cfg.MODEL.OVD.CLIP.MODEL_NAME),
-        vocabulary,
-        prompts=text.PROMPTS,
-        single_prompt=text.SINGLE_PROMPT,
-        average_synonyms=text.AVERAGE_SYNONYMS,
-        batch_size=text.BATCH_SIZE,
-        cache_dir=text.CACHE_DIR or None,
-    )
-    if embed_dim is not None and emb.shape[1] != embed_dim:
-        raise ValueError(
-            f"CLIP model {cfg.MODEL.OVD.CLIP.MODEL_NAME!r} gives {emb.shape[1]}-d text embeddings "
-            f"but the detector head expects {embed_dim}-d. Use the CLIP model the head was built "
-            "for."
-        )
-    return emb
+    return VocabularyEncoder(cfg)(vocabulary, embed_dim)

@@ -1,0 +1,175 @@
+"""ViLD-image inputs: precomputed proposals with CLIP embeddings of their crops (METHODS 1.4-1.5).
+
+On disk (written by ``tools/precompute_vild_embeddings.py``)::
+
+    <dir>/index.json        {"format": 1, "embed_dim": D, "shards": {"shard-00000.pt": [ids]}}
+    <dir>/shard-00000.pt    {str(image_id): {"boxes": (M, 4) float32 XYXY in original pixels,
+                                             "embeds": (M, D) float16, L2-normalised}}
+
+Shards and the index are written atomically, shard first, so an interrupted run loses at most the
+shard in progress and a later run resumes after the last indexed image. Reading uses
+``torch.load(mmap=True)``, so a worker touches only the images it needs.
+
+:class:`ViLDDatasetMapper` is Detectron2's ``DatasetMapper`` plus, in training, the image's
+proposals moved by the same augmentation as the image (flip, resize, crop) and clipped, as
+``dataset_dict["vild_proposals"]`` (``Instances`` with ``proposal_boxes`` and ``clip_embeds``).
+"""
+
+import json
+import os
+from collections import OrderedDict
+from typing import Dict, Iterable, List, Tuple
+
+import numpy as np
+import torch
+from detectron2.config import configurable
+from detectron2.data import DatasetMapper
+from detectron2.structures import Boxes, Instances
+
+from ..utils.atomic_io import atomic_write_path
+
+__all__ = ["ViLDEmbeddingStore", "ViLDEmbeddingWriter", "ViLDDatasetMapper"]
+
+_FORMAT = 1
+INDEX = "index.json"
+
+
+def _read_index(directory: str) -> dict:
+    path = os.path.join(directory, INDEX)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"No ViLD embedding index at {path}. Write it with tools/precompute_vild_embeddings.py "
+            "(MODEL.OVD.VILD.EMBEDDINGS_DIR points to that tool's --output folder)."
+        )
+    with open(path, encoding="utf-8") as f:
+        index = json.load(f)
+    if index.get("format") != _FORMAT:
+        raise ValueError(f"{path}: unsupported format {index.get('format')!r} (expected {_FORMAT})")
+    return index
+
+
+class ViLDEmbeddingStore:
+    """Random access to precomputed proposals + embeddings by image id."""
+
+    def __init__(self, directory: str, max_open_shards: int = 4):
+        self.directory = directory
+        index = _read_index(directory)
+        self.embed_dim = int(index["embed_dim"])
+        self._shard_of = {
+            str(image_id): shard for shard, ids in index["shards"].items() for image_id in ids
+        }
+        self._open: "OrderedDict[str, dict]" = OrderedDict()
+        self._max_open = max_open_shards
+
+    def __contains__(self, image_id) -> bool:
+        return str(image_id) in self._shard_of
+
+    def __len__(self) -> int:
+        return len(self._shard_of)
+
+    def _shard(self, name: str) -> dict:
+        if name not in self._open:
+            path = os.path.join(self.directory, name)
+            self._open[name] = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            if len(self._open) > self._max_open:
+                self._open.popitem(last=False)
+        self._open.move_to_end(name)
+        return self._open[name]
+
+    def get(self, image_id) -> Tuple[np.ndarray, torch.Tensor]:
+        """(M, 4) float32 XYXY boxes in original image pixels, (M, D) float32 embeddings."""
+        key = str(image_id)
+        if key not in self._shard_of:
+            raise KeyError(
+                f"Image {image_id} has no precomputed ViLD embeddings in {self.directory}; "
+                "re-run tools/precompute_vild_embeddings.py on this dataset (it resumes)."
+            )
+        entry = self._shard(self._shard_of[key])[key]
+        return entry["boxes"].float().numpy(), entry["embeds"].float()
+
+
+class ViLDEmbeddingWriter:
+    """Collects per-image results and writes them shard by shard (resumable)."""
+
+    def __init__(self, directory: str, embed_dim: int, shard_size: int = 500):
+        self.directory = directory
+        self.shard_size = shard_size
+        os.makedirs(directory, exist_ok=True)
+        if os.path.isfile(os.path.join(directory, INDEX)):
+            self.index = _read_index(directory)
+            if int(self.index["embed_dim"]) != embed_dim:
+                raise ValueError(
+                    f"{directory} holds {self.index['embed_dim']}-d embeddings, this run makes "
+                    f"{embed_dim}-d ones: use another --output folder."
+                )
+        else:
+            self.index = {"format": _FORMAT, "embed_dim": embed_dim, "shards": {}}
+        self._pending: Dict[str, dict] = {}
+
+    def done_ids(self) -> set:
+        return {image_id for ids in self.index["shards"].values() for image_id in ids}
+
+    def add(self, image_id, boxes: torch.Tensor, embeds: torch.Tensor) -> None:
+        """boxes (M, 4) XYXY original pixels; embeds (M, D) L2-normalised."""
+        self._pending[str(image_id)] = {
+            "boxes": boxes.detach().float().cpu().contiguous(),
+            "embeds": embeds.detach().half().cpu().contiguous(),
+        }
+        if len(self._pending) >= self.shard_size:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        name = f"shard-{len(self.index['shards']):05d}.pt"
+        with atomic_write_path(os.path.join(self.directory, name)) as tmp:
+            torch.save(self._pending, tmp)
+        self.index["shards"][name] = list(self._pending)
+        with atomic_write_path(os.path.join(self.directory, INDEX)) as tmp:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(self.index, f)
+        self._pending = {}
+
+
+class ViLDDatasetMapper(DatasetMapper):
+    """``DatasetMapper`` that adds ``vild_proposals`` (training only)."""
+
+    @configurable
+    def __init__(self, is_train: bool, *, vild_store=None, max_vild_proposals: int = 300, **kwargs):
+        """
+        Args:
+            vild_store: a :class:`ViLDEmbeddingStore` (or a folder path); None adds nothing.
+            max_vild_proposals: proposals kept per image (the first ones, as stored).
+            kwargs: ``DatasetMapper`` arguments.
+        """
+        super().__init__(is_train, **kwargs)
+        if isinstance(vild_store, str):
+            vild_store = ViLDEmbeddingStore(vild_store)
+        self.vild_store = vild_store
+        self.max_vild_proposals = max_vild_proposals
+
+    @classmethod
+    def from_config(cls, cfg, is_train: bool = True):
+        ret = super().from_config(cfg, is_train)
+        directory = cfg.MODEL.OVD.VILD.EMBEDDINGS_DIR
+        ret["vild_store"] = ViLDEmbeddingStore(directory) if (directory and is_train) else None
+        ret["max_vild_proposals"] = cfg.MODEL.OVD.VILD.MAX_PROPOSALS
+        return ret
+
+    def _transform_annotations(self, dataset_dict, transforms, image_shape):
+        super()._transform_annotations(dataset_dict, transforms, image_shape)
+        if self.vild_store is None:
+            return
+        boxes, embeds = self.vild_store.get(dataset_dict["image_id"])
+        boxes, embeds = boxes[: self.max_vild_proposals], embeds[: self.max_vild_proposals]
+        moved = Boxes(torch.as_tensor(transforms.apply_box(boxes), dtype=torch.float32))
+        moved.clip(image_shape)
+        keep = moved.nonempty()
+        dataset_dict["vild_proposals"] = Instances(
+            image_shape, proposal_boxes=moved[keep], clip_embeds=embeds[keep]
+        )
+
+
+def iter_missing(dataset_dicts: Iterable[dict], done: set) -> List[dict]:
+    """The dataset dicts whose image id is not in ``done``."""
+    return [d for d in dataset_dicts if str(d["image_id"]) not in done]

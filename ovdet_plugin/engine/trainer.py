@@ -1,0 +1,97 @@
+"""``OVDTrainer``: Detectron2's ``DefaultTrainer`` with three hooks filled in, usable from any
+Detectron2 project (``tools/train_net.py`` is a thin wrapper around it):
+
+- evaluators chosen from the dataset's ``evaluator_type`` (LVIS -> stock ``LVISEvaluator``
+  with APr/APc/APf; OV-COCO -> AP50 novel/base/all), see ``ovdet_plugin.evaluation``;
+- the train loader's mapper adds ViLD's precomputed distillation proposals when
+  ``MODEL.OVD.VILD.EMBEDDINGS_DIR`` is set (otherwise it is Detectron2's ``DatasetMapper``);
+- the optimizer (``MODEL.OVD.SOLVER``): SGD or AdamW, learnable temperatures excluded from weight
+  decay (F-VLM, METHODS 2.2), layer-wise lr decay for a fine-tuned CLIP ViT backbone
+  (``MODEL.OVD.BACKBONE.LR_DECAY_RATE``, RO-ViT / ViTDet), Detectron2's gradient clipping.
+"""
+
+import os
+from functools import partial
+
+import torch
+from detectron2.config import get_cfg
+from detectron2.data import build_detection_train_loader
+from detectron2.engine import DefaultTrainer, default_setup
+from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
+
+from ..config import add_ovdet_config
+from ..data.vild_embeddings import ViLDDatasetMapper
+from ..evaluation import build_ov_evaluator
+from ..modeling.backbone.utils import get_vit_lr_decay_rate
+
+__all__ = ["OVDTrainer", "build_ovdet_optimizer", "setup_ovdet_cfg"]
+
+# Parameters never weight-decayed: the learnable temperatures (F-VLM excludes t, METHODS 2.2).
+_NO_DECAY = {"inverse_temperature": {"weight_decay": 0.0}, "logit_scale": {"weight_decay": 0.0}}
+
+
+def _vit_depth(model: torch.nn.Module) -> int:
+    for module in model.modules():
+        resblocks = getattr(getattr(module, "transformer", None), "resblocks", None)
+        if resblocks is not None and hasattr(module, "conv1"):
+            return len(resblocks)
+    return 0
+
+
+def build_ovdet_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """SGD (momentum ``SOLVER.MOMENTUM``) or AdamW (``MODEL.OVD.SOLVER.OPTIMIZER``) over the
+    trainable parameters, with Detectron2's per-group settings and gradient clipping."""
+    lr_factor_func = None
+    rate = cfg.MODEL.OVD.BACKBONE.LR_DECAY_RATE
+    depth = _vit_depth(model)
+    if rate != 1.0 and depth:
+        lr_factor_func = partial(get_vit_lr_decay_rate, lr_decay_rate=rate, num_layers=depth)
+    params = get_default_optimizer_params(
+        model,
+        base_lr=cfg.SOLVER.BASE_LR,
+        weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
+        bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
+        weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
+        lr_factor_func=lr_factor_func,
+        overrides=_NO_DECAY,
+    )
+    name = cfg.MODEL.OVD.SOLVER.OPTIMIZER.upper()
+    if name == "SGD":
+        opt_class = torch.optim.SGD
+        kwargs = {"momentum": cfg.SOLVER.MOMENTUM, "nesterov": cfg.SOLVER.NESTEROV}
+    elif name == "ADAMW":
+        opt_class = torch.optim.AdamW
+        kwargs = {"betas": tuple(cfg.MODEL.OVD.SOLVER.BETAS)}
+    else:
+        raise ValueError(f"MODEL.OVD.SOLVER.OPTIMIZER must be 'SGD' or 'AdamW', got {name!r}")
+    return maybe_add_gradient_clipping(cfg, opt_class)(
+        params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY, **kwargs
+    )
+
+
+class OVDTrainer(DefaultTrainer):
+    """``DefaultTrainer`` with the plugin's evaluator, train mapper and optimizer."""
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        return build_ov_evaluator(dataset_name, output_dir=output_folder)
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_detection_train_loader(cfg, mapper=ViLDDatasetMapper(cfg, is_train=True))
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        return build_ovdet_optimizer(cfg, model)
+
+
+def setup_ovdet_cfg(args):
+    """``get_cfg`` + ``add_ovdet_config`` + the config file + command-line overrides, then
+    Detectron2's ``default_setup`` (logging, output folder, seed). Returns the frozen config."""
+    cfg = add_ovdet_config(get_cfg())
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    default_setup(cfg, args)
+    return cfg

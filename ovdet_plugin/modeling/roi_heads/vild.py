@@ -1,0 +1,150 @@
+"""ViLD ROI heads (Gu et al., ICLR 2022; METHODS section 1).
+
+- ViLD-text: the open-vocabulary predictor trained on base classes (``OVROIHeads``).
+- ViLD-image: per image, up to ``MAX_PROPOSALS`` precomputed proposals with CLIP embeddings of
+  their crops (``batched_inputs[i]["vild_proposals"]``, see ``data/vild_embeddings.py``) pass
+  through the same head as the sampled RoIs (concatenated, METHODS 1.4) and get only the L1
+  distillation loss: per RoI the sum over dimensions of |student - teacher| (both L2-normalised),
+  averaged over RoIs, times ``DISTILL_WEIGHT``.
+- ViLD-ensemble (``ENSEMBLE``): a second box head + projection sees only the distillation RoIs
+  during training; at test time p_text (text branch, with background) and p_image (image branch,
+  softmax over the K classes) are combined geometrically (METHODS 1.6, fusion.vild_ensemble).
+"""
+
+import copy
+from typing import Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+from detectron2.config import configurable
+from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY
+from detectron2.structures import Boxes, Instances
+
+from .fusion import vild_ensemble
+from .ov_roi_heads import OVROIHeads
+
+__all__ = ["ViLDROIHeads", "vild_distillation_loss"]
+
+
+def vild_distillation_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """ViLD-image loss (METHODS 1.4; vild_model.py ``build_losses``): both sides L2-normalised,
+    per-RoI sum over dimensions of |student - teacher|, averaged over RoIs.
+
+    (R, D), (R, D) -> scalar; 0 (with a gradient path) when R = 0.
+    """
+    if student.shape[0] == 0:
+        return student.sum() * 0.0
+    diff = F.normalize(student, dim=1) - F.normalize(teacher.to(student.dtype), dim=1)
+    return diff.abs().sum(dim=1).mean()
+
+
+@ROI_HEADS_REGISTRY.register()
+class ViLDROIHeads(OVROIHeads):
+    """ViLD-text + ViLD-image (+ ViLD-ensemble). Needs the ``OVRCNN`` meta-architecture, which
+    hands ``distillation_targets`` (one ``Instances`` with ``proposal_boxes`` and
+    ``clip_embeds`` per image, or None) to these heads during training."""
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        distill_weight: float = 0.5,
+        max_distill_proposals: int = 300,
+        ensemble: bool = False,
+        ensemble_weight: float = 2.0 / 3,
+        **kwargs,
+    ):
+        """
+        Args:
+            distill_weight: w of w * L_image (0.5 for R50; 1.0 and 2.0 for R152, METHODS 1.4).
+            max_distill_proposals: distillation RoIs per image (``max_num_rois`` 300).
+            ensemble: add the second (image) branch and the test-time ensemble (METHODS 1.6).
+            ensemble_weight: lambda = 2/3 of the ensemble.
+            kwargs: :class:`OVROIHeads` arguments.
+        """
+        super().__init__(**kwargs)
+        self.distill_weight = distill_weight
+        self.max_distill_proposals = max_distill_proposals
+        self.ensemble = ensemble
+        self.ensemble_weight = ensemble_weight
+        self.distillation_targets: Optional[List[Optional[Instances]]] = None
+        if ensemble:  # the "distill-*" layers: same architecture, own (separately trained) weights
+            self.image_box_head = copy.deepcopy(self.box_head)
+            self.image_projection = copy.deepcopy(self.box_predictor.projection)
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        ret = super().from_config(cfg, input_shape)
+        v = cfg.MODEL.OVD.VILD
+        ret.update(
+            {
+                "distill_weight": v.DISTILL_WEIGHT,
+                "max_distill_proposals": v.MAX_PROPOSALS,
+                "ensemble": v.ENSEMBLE,
+                "ensemble_weight": v.ENSEMBLE_WEIGHT,
+            }
+        )
+        return ret
+
+    # ---- training ----------------------------------------------------------------------------
+    def _distill_inputs(self, num_images: int):
+        targets = self.distillation_targets
+        if not targets or all(t is None for t in targets):
+            return None
+        if len(targets) != num_images:
+            raise ValueError(f"{len(targets)} distillation targets for {num_images} images")
+        out = []
+        for t in targets:
+            if t is None:
+                t = Instances((1, 1), proposal_boxes=Boxes(torch.zeros(0, 4)))
+                t.clip_embeds = torch.zeros(0, self.text_classifier.embed_dim)
+            out.append(t[: self.max_distill_proposals])
+        return out
+
+    def _image_branch_embed(self, box_features: torch.Tensor) -> torch.Tensor:
+        """Ensemble image branch: pooled RoI features -> (R, D) normalised embeddings."""
+        x = self.image_box_head(box_features).flatten(start_dim=1)
+        return F.normalize(self.image_projection(x), dim=1)
+
+    def _forward_box(self, features: Dict[str, torch.Tensor], proposals: List[Instances]):
+        distill = self._distill_inputs(len(proposals)) if self.training else None
+        if distill is None:
+            return super()._forward_box(features, proposals)
+        feats = [features[f] for f in self.box_in_features]
+        sampled = [p.proposal_boxes for p in proposals]
+        extra = [d.proposal_boxes.to(feats[0].device) for d in distill]
+        teacher = torch.cat([d.clip_embeds for d in distill]).to(feats[0].device)
+        if self.ensemble:
+            # Text branch on the sampled RoIs; image branch only on the distillation RoIs.
+            predictions = self.box_predictor(self.box_head(self.box_pooler(feats, sampled)))
+            student = self._image_branch_embed(self.box_pooler(feats, extra))
+        else:
+            # One pass through the shared head: per image [sampled RoIs, distillation RoIs].
+            joint = [Boxes.cat([a, b]) for a, b in zip(sampled, extra)]
+            head = self.box_head(self.box_pooler(feats, joint)).flatten(start_dim=1)
+            is_sampled = torch.cat(
+                [
+                    torch.cat(
+                        [
+                            torch.ones(len(a), dtype=torch.bool),
+                            torch.zeros(len(b), dtype=torch.bool),
+                        ]
+                    )
+                    for a, b in zip(sampled, extra)
+                ]
+            ).to(head.device)
+            predictions = self.box_predictor(head[is_sampled])
+            student = self.box_predictor.embed(head[~is_sampled])
+        losses = self.box_predictor.losses(predictions, proposals)
+        losses["loss_vild_image"] = self.distill_weight * vild_distillation_loss(student, teacher)
+        return losses
+
+    # ---- inference ---------------------------------------------------------------------------
+    def fuse_probabilities(self, probs, images, box_features, proposals) -> torch.Tensor:
+        if not self.ensemble:
+            return super().fuse_probabilities(probs, images, box_features, proposals)
+        image_emb = self._image_branch_embed(box_features)
+        # p_image: the same frozen classifier and temperature, softmax over the K classes only.
+        logits = image_emb @ self.text_classifier.class_embeddings.t()
+        p_image = (logits * self.text_classifier.logit_scale_value()).softmax(dim=1)
+        return vild_ensemble(probs, p_image, self.text_classifier.base_mask, self.ensemble_weight)

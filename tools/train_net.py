@@ -1,0 +1,39 @@
+#!/usr/bin/env python
+"""Train or evaluate an ovdet detector with Detectron2's DefaultTrainer (``OVDTrainer``), on one
+or many GPUs/machines through Detectron2's ``launch``.
+
+    python tools/train_net.py --config-file configs/lvis/fvlm_RN50_FPN.yaml --num-gpus 8
+    python tools/train_net.py --config-file configs/lvis/fvlm_RN50_FPN.yaml --eval-only \
+        MODEL.WEIGHTS output/fvlm_RN50_FPN/model_final.pth MODEL.OVD.TEST_VOCABULARY lvis
+"""
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.engine import default_argument_parser, launch
+
+import ovdet_plugin  # noqa: F401  (registers the plugin)
+from ovdet_plugin.engine import OVDTrainer, setup_ovdet_cfg
+
+
+def main(args):
+    cfg = setup_ovdet_cfg(args)
+    if args.eval_only:
+        model = OVDTrainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume
+        )
+        return OVDTrainer.test(cfg, model)
+    trainer = OVDTrainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
