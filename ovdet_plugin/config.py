@@ -105,8 +105,8 @@ def _add_roi_heads_config(cfg: CN) -> None:
     _C.MODEL.OVD.VILD.DISTILL_WEIGHT = 0.5
     # Precomputed distillation proposals used per image (max_num_rois, METHODS 1.4).
     _C.MODEL.OVD.VILD.MAX_PROPOSALS = 300
-    # Folder of precomputed proposal embeddings (tools/precompute_vild_embeddings.py); "" turns
-    # ViLD-image off (ViLD-text only).
+    # Folder of precomputed proposal embeddings (tools/precompute_vild_embeddings.py); a relative
+    # path that does not exist is taken under $DETECTRON2_DATASETS. "" turns ViLD-image off.
     _C.MODEL.OVD.VILD.EMBEDDINGS_DIR = ""
     # ViLD-ensemble: second branch for the distillation RoIs + test-time ensemble (METHODS 1.6).
     _C.MODEL.OVD.VILD.ENSEMBLE = False
@@ -129,6 +129,14 @@ def _add_roi_heads_config(cfg: CN) -> None:
     # Exponent w of the objectness multiplier sigmoid(objectness)^w (F-VLM objectness_weight 0,
     # METHODS 2.4; 3.0 with the centerness RPN in DITO / RO-ViT, METHODS 4.3).
     _C.MODEL.OVD.FUSION.OBJECTNESS_WEIGHT = 0.0
+
+    _C.MODEL.OVD.INPUT = CN()
+    # Large-scale jitter of the papers' training (OVDDatasetMapper): output size S of the square
+    # (1024 for ViLD / F-VLM / F-ViT LVIS, METHODS 1.8, 2.6, 3.8); 0 keeps Detectron2's INPUT.*
+    # resizing.
+    _C.MODEL.OVD.INPUT.LSJ_SIZE = 0
+    # Range of the random scale factor of the jitter ([0.1, 2.0] in all three papers).
+    _C.MODEL.OVD.INPUT.LSJ_SCALE = [0.1, 2.0]
 
     _C.MODEL.OVD.SOLVER = CN()
     # Optimizer of tools/train_net.py (OVDTrainer): "SGD" (ViLD, F-VLM, METHODS 1.8, 2.6) or

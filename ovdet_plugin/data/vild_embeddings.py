@@ -10,9 +10,13 @@ Shards and the index are written atomically, shard first, so an interrupted run 
 shard in progress and a later run resumes after the last indexed image. Reading uses
 ``torch.load(mmap=True)``, so a worker touches only the images it needs.
 
-:class:`ViLDDatasetMapper` is Detectron2's ``DatasetMapper`` plus, in training, the image's
-proposals moved by the same augmentation as the image (flip, resize, crop) and clipped, as
-``dataset_dict["vild_proposals"]`` (``Instances`` with ``proposal_boxes`` and ``clip_embeds``).
+:class:`OVDDatasetMapper` is Detectron2's ``DatasetMapper`` plus two training options:
+- the papers' large-scale jitter (``MODEL.OVD.INPUT.LSJ_SIZE``: resize by a random factor in
+  ``LSJ_SCALE`` of a square of that size, then a fixed-size crop/pad, then a flip; ViLD and F-VLM
+  train at 1024 with [0.1, 2.0], METHODS 1.8, 2.6), with Detectron2's ``ResizeScale`` and
+  ``FixedSizeCrop``;
+- the image's ViLD proposals, moved by the same augmentation as the image and clipped, as
+  ``dataset_dict["vild_proposals"]`` (``Instances`` with ``proposal_boxes`` and ``clip_embeds``).
 """
 
 import json
@@ -24,11 +28,13 @@ import numpy as np
 import torch
 from detectron2.config import configurable
 from detectron2.data import DatasetMapper
+from detectron2.data import transforms as T
 from detectron2.structures import Boxes, Instances
 
 from ..utils.atomic_io import atomic_write_path
+from .datasets import datasets_root
 
-__all__ = ["ViLDEmbeddingStore", "ViLDEmbeddingWriter", "ViLDDatasetMapper"]
+__all__ = ["ViLDEmbeddingStore", "ViLDEmbeddingWriter", "OVDDatasetMapper"]
 
 _FORMAT = 1
 INDEX = "index.json"
@@ -131,7 +137,7 @@ class ViLDEmbeddingWriter:
         self._pending = {}
 
 
-class ViLDDatasetMapper(DatasetMapper):
+class OVDDatasetMapper(DatasetMapper):
     """``DatasetMapper`` that adds ``vild_proposals`` (training only)."""
 
     @configurable
@@ -151,8 +157,19 @@ class ViLDDatasetMapper(DatasetMapper):
     @classmethod
     def from_config(cls, cfg, is_train: bool = True):
         ret = super().from_config(cfg, is_train)
+        size = cfg.MODEL.OVD.INPUT.LSJ_SIZE
+        if is_train and size > 0:
+            low, high = cfg.MODEL.OVD.INPUT.LSJ_SCALE
+            ret["augmentations"] = [
+                T.ResizeScale(low, high, size, size),
+                T.FixedSizeCrop((size, size)),
+                T.RandomFlip(horizontal=True),
+            ]
         directory = cfg.MODEL.OVD.VILD.EMBEDDINGS_DIR
-        ret["vild_store"] = ViLDEmbeddingStore(directory) if (directory and is_train) else None
+        if directory and is_train:
+            if not os.path.isabs(directory) and not os.path.isdir(directory):
+                directory = os.path.join(datasets_root(), directory)  # under $DETECTRON2_DATASETS
+            ret["vild_store"] = ViLDEmbeddingStore(directory)
         ret["max_vild_proposals"] = cfg.MODEL.OVD.VILD.MAX_PROPOSALS
         return ret
 

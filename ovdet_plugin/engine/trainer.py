@@ -3,8 +3,9 @@ Detectron2 project (``tools/train_net.py`` is a thin wrapper around it):
 
 - evaluators chosen from the dataset's ``evaluator_type`` (LVIS -> stock ``LVISEvaluator``
   with APr/APc/APf; OV-COCO -> AP50 novel/base/all), see ``ovdet_plugin.evaluation``;
-- the train loader's mapper adds ViLD's precomputed distillation proposals when
-  ``MODEL.OVD.VILD.EMBEDDINGS_DIR`` is set (otherwise it is Detectron2's ``DatasetMapper``);
+- the train loader's mapper (``OVDDatasetMapper``) adds the papers' large-scale jitter
+  (``MODEL.OVD.INPUT.LSJ_SIZE``) and ViLD's precomputed distillation proposals
+  (``MODEL.OVD.VILD.EMBEDDINGS_DIR``); with neither it is Detectron2's ``DatasetMapper``;
 - the optimizer (``MODEL.OVD.SOLVER``): SGD or AdamW, learnable temperatures excluded from weight
   decay (F-VLM, METHODS 2.2), layer-wise lr decay for a fine-tuned CLIP ViT backbone
   (``MODEL.OVD.BACKBONE.LR_DECAY_RATE``, RO-ViT / ViTDet), Detectron2's gradient clipping.
@@ -20,7 +21,7 @@ from detectron2.engine import DefaultTrainer, default_setup
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 
 from ..config import add_ovdet_config
-from ..data.vild_embeddings import ViLDDatasetMapper
+from ..data.vild_embeddings import OVDDatasetMapper
 from ..evaluation import build_ov_evaluator
 from ..modeling.backbone.utils import get_vit_lr_decay_rate
 
@@ -79,7 +80,7 @@ class OVDTrainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        return build_detection_train_loader(cfg, mapper=ViLDDatasetMapper(cfg, is_train=True))
+        return build_detection_train_loader(cfg, mapper=OVDDatasetMapper(cfg, is_train=True))
 
     @classmethod
     def build_optimizer(cls, cfg, model):
