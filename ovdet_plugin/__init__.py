@@ -26,12 +26,13 @@ except ImportError as e:  # pragma: no cover - exercised in a subprocess test
 # Registration-only imports: importing these modules runs their registry decorators.
 from . import clip as _clip  # noqa: E402,F401  (adds the tiny open_clip model configs)
 from . import data as _data  # noqa: E402,F401
-from .config import add_ovdet_config  # noqa: E402
+from .config import add_ovdet_config, get_ovdet_cfg  # noqa: E402
 from .modeling import backbone as _backbone  # noqa: E402,F401
 from .modeling import meta_arch as _meta_arch  # noqa: E402,F401
+from .modeling import proposal_generator as _proposal_generator  # noqa: E402,F401
 from .modeling import roi_heads as _roi_heads  # noqa: E402,F401
 from .modeling import vlm_scorers as _vlm_scorers  # noqa: E402,F401
 from .modeling.vocabulary_swap import set_vocabulary  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["add_ovdet_config", "set_vocabulary", "__version__"]
+__all__ = ["add_ovdet_config", "get_ovdet_cfg", "set_vocabulary", "__version__"]

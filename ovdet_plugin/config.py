@@ -7,7 +7,7 @@ that they never collide with Detectron2's own.
 
 from detectron2.config import CfgNode as CN
 
-__all__ = ["add_ovdet_config"]
+__all__ = ["add_ovdet_config", "get_ovdet_cfg"]
 
 
 def add_ovdet_config(cfg: CN) -> CN:
@@ -21,6 +21,20 @@ def add_ovdet_config(cfg: CN) -> CN:
     _add_text_config(cfg)
     _add_roi_heads_config(cfg)
     _add_backbone_config(cfg)
+    _add_pretraining_config(cfg)
+    _add_proposal_config(cfg)
+    return cfg
+
+
+def get_ovdet_cfg(config_file: str = "", opts=()) -> CN:
+    """Detectron2's default config + the ovdet keys, then ``config_file`` (if any) and the
+    ``KEY VALUE`` overrides ``opts``. Not frozen."""
+    from detectron2.config import get_cfg
+
+    cfg = add_ovdet_config(get_cfg())
+    if config_file:
+        cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
     return cfg
 
 
@@ -214,3 +228,114 @@ def _add_backbone_config(cfg: CN) -> None:
     # backbone may be fine-tuned (RO-ViT use_frozen_vlm, METHODS 4.3). False shares the backbone's
     # tower (only sensible when MODEL.OVD.BACKBONE.FREEZE, as in F-VLM / F-ViT).
     _C.MODEL.OVD.VLM_SCORER.FROZEN_COPY = True
+
+
+def _add_pretraining_config(cfg: CN) -> None:
+    """Region-aware training of the VLM (issue 5): RO-ViT image-text pretraining (METHODS 4.1-4.2,
+    ``tools/pretrain_rovit.py``) and CLIPSelf self-distillation (METHODS 3.1-3.7,
+    ``tools/train_clipself.py``). Both train the open_clip model MODEL.OVD.CLIP.MODEL_NAME /
+    PRETRAINED and use Detectron2's SOLVER.* (BASE_LR, WEIGHT_DECAY, MAX_ITER, IMS_PER_BATCH =
+    global batch, LR_SCHEDULER_NAME, WARMUP_ITERS, CHECKPOINT_PERIOD), DATALOADER.NUM_WORKERS,
+    SEED and OUTPUT_DIR; the optimiser is AdamW with MODEL.OVD.PRETRAIN.BETAS.
+    """
+    _C = cfg
+    _C.MODEL.OVD.PRETRAIN = CN()
+    # AdamW betas (CLIPSelf: (0.9, 0.999), METHODS 3.7). Weight decay SOLVER.WEIGHT_DECAY (0.1)
+    # applies to matrices only: none on gains, biases or logit_scale (METHODS 3.7).
+    _C.MODEL.OVD.PRETRAIN.BETAS = (0.9, 0.999)
+    # Clip the gradient norm to this value; 0 = off.
+    _C.MODEL.OVD.PRETRAIN.CLIP_GRAD_NORM = 0.0
+    # Iterations between two console / JSON / tensorboard writes.
+    _C.MODEL.OVD.PRETRAIN.LOG_PERIOD = 20
+
+    _C.MODEL.OVD.ROVIT = CN()
+    # Cropped positional embedding in training (RO-ViT CPE, METHODS 4.1). Never used in eval mode.
+    _C.MODEL.OVD.ROVIT.CPE = True
+    # CPE's `up_pos_emb_size`: the grid the embedding is bilinearly upsampled to (64 = a 1024-px
+    # detection image at patch 16, METHODS 4.1).
+    _C.MODEL.OVD.ROVIT.UP_POS_EMB_SIZE = 64
+    # CPE crop box: RandomResizedCrop area fraction and aspect (w/h) ranges (METHODS 4.1).
+    _C.MODEL.OVD.ROVIT.CROP_SCALE = (0.1, 1.0)
+    # Aspect-ratio range of that box (RandomResizedCrop statistics, METHODS 4.1: 0.5-2.0).
+    _C.MODEL.OVD.ROVIT.CROP_ASPECT = (0.5, 2.0)
+    # Contrastive loss: "focal" (RO-ViT focal contrastive loss, METHODS 4.2) or "softmax" (CLIP).
+    _C.MODEL.OVD.ROVIT.LOSS = "focal"
+    # Focal loss alpha (positive weight; negatives 1 - alpha) and gamma (METHODS 4.2: 0.5, 1.0).
+    _C.MODEL.OVD.ROVIT.FOCAL_ALPHA = 0.5
+    # Focal loss gamma (focusing exponent; METHODS 4.2: 1.0; 0 with alpha 0.5 is sigmoid BCE).
+    _C.MODEL.OVD.ROVIT.FOCAL_GAMMA = 1.0
+    # The focal loss is a sum; "batch" divides it by the global batch size (its
+    # loss_normalizing_factor, METHODS 4.2), "none" keeps the plain sum.
+    _C.MODEL.OVD.ROVIT.FOCAL_NORMALIZER = "batch"
+    # Image embedding: "cls" (the tower's own pooling: class token or attention pool) or "gap"
+    # (global average pooling of patch tokens, then ln_post and proj; RO-ViT, METHODS 4.3).
+    _C.MODEL.OVD.ROVIT.POOLING = "gap"
+    # Compute the loss over the batch of every DDP rank (all-gathered features), as CLIP does.
+    _C.MODEL.OVD.ROVIT.GATHER_FEATURES = True
+    # Training data: image-caption list(s) (.csv with columns path/filepath/image and
+    # caption/text/title, or .jsonl with the same keys), comma-separated ...
+    _C.MODEL.OVD.ROVIT.CAPTION_FILES = ""
+    # ... relative image paths are joined to this folder ("" = the list file's folder) ...
+    _C.MODEL.OVD.ROVIT.IMAGE_ROOT = ""
+    # ... and/or webdataset tar shards ("data/shard-{000000..000127}.tar", a glob, or a
+    # comma-separated list); samples are <key>.jpg|png|webp + <key>.txt|json.
+    _C.MODEL.OVD.ROVIT.SHARDS = ""
+    # Training image size (square resize + centre crop); 0 = the tower's native size.
+    _C.MODEL.OVD.ROVIT.IMAGE_SIZE = 0
+
+    _C.MODEL.OVD.CLIPSELF = CN()
+    # Student input: long side resized to this, padded bottom-right to a square (1024 for B/16,
+    # 896 for L/14, METHODS 3.3 / 3.7).
+    _C.MODEL.OVD.CLIPSELF.IMAGE_SIZE = 1024
+    # Grid sampling: m x n with m <= MAX_SPLIT and aspect 1:2-2:1 (`_init_choices(max_split=6)`,
+    # METHODS 3.4) ...
+    _C.MODEL.OVD.CLIPSELF.MAX_SPLIT = 6
+    # ... keeping at most this many cells (or proposals) per image (`max_boxes` 20, METHODS 3.4).
+    _C.MODEL.OVD.CLIPSELF.MAX_BOXES = 20
+    # Saved weights are alpha * student + (1 - alpha) * teacher (`--alpha`: 0.7 for B/16, 0.95 for
+    # L/14, METHODS 3.7). 1.0 saves the student unchanged.
+    _C.MODEL.OVD.CLIPSELF.ALPHA_ENSEMBLE = 0.7
+    # Number of last transformer blocks trained (`lock_image_tower(unlocked_groups)`); -1 = all
+    # blocks (12 of B/16, 24 of L/14, METHODS 3.6). Patch/positional/class embeddings, ln_post,
+    # proj and the text tower always stay frozen (METHODS 3.6).
+    _C.MODEL.OVD.CLIPSELF.TRAIN_BLOCKS = -1
+    # Region source: "grid" (image patches, `GridDistillDataset`) or "proposals" (boxes from
+    # PROPOSALS_FILE, `ProposalDistillDataset`, METHODS 3.4).
+    _C.MODEL.OVD.CLIPSELF.MODE = "grid"
+    # Teacher crop = the region enlarged this much about its centre (1.0 for grid cells, 1.5 for
+    # proposals; the student RoI stays the tight box, METHODS 3.4). -1 = the mode's default.
+    _C.MODEL.OVD.CLIPSELF.TEACHER_CROP_SCALE = -1.0
+    # Proposals (MODE "proposals"): JSON, either {"<file name>": [[x0, y0, x1, y1], ...]} or a list
+    # of {"file_name": ..., "boxes": [...]}, absolute XYXY pixels of the original image.
+    _C.MODEL.OVD.CLIPSELF.PROPOSALS_FILE = ""
+    # Proposals kept when min <= sqrt(area) <= max (8 and 1024 px, METHODS 3.4).
+    _C.MODEL.OVD.CLIPSELF.PROPOSAL_SIZE_RANGE = (8.0, 1024.0)
+    # Images: DATASETS.TRAIN (any registered Detectron2 dataset; its "file_name"s only, labels are
+    # not used, METHODS 3.4) and/or every image under this folder (recursive).
+    _C.MODEL.OVD.CLIPSELF.IMAGE_FOLDER = ""
+    # The ensembled CLIP state dict is exported every SOLVER.CHECKPOINT_PERIOD and at the end as
+    # OUTPUT_DIR/<EXPORT_NAME>_<iter>.pt and <EXPORT_NAME>_final.pt; it loads with
+    # MODEL.OVD.BACKBONE.PRETRAINED: <file> (the F-ViT backbone, same architecture name).
+    _C.MODEL.OVD.CLIPSELF.EXPORT_NAME = "clipself"
+
+
+def _add_proposal_config(cfg: CN) -> None:
+    """Novel-object proposals (RO-ViT / OLN, METHODS 4.3): MODEL.PROPOSAL_GENERATOR.NAME
+    "CenternessRPN" instead of Detectron2's "RPN". It reads MODEL.RPN.* (IN_FEATURES, HEAD_NAME,
+    IOU_THRESHOLDS / IOU_LABELS, BATCH_SIZE_PER_IMAGE, POSITIVE_FRACTION, PRE/POST_NMS_TOPK_*,
+    NMS_THRESH, LOSS_WEIGHT) and MODEL.ANCHOR_GENERATOR.SIZES, with one anchor per location
+    (MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS [[1.0]], METHODS 4.3).
+    """
+    _C = cfg
+    _C.MODEL.OVD.CENTERNESS_RPN = CN()
+    # Weight of the box IoU loss on left/right/top/bottom distances (`RpnBoxIoULoss`, weight 8.0 in
+    # DITO, METHODS 4.3).
+    _C.MODEL.OVD.CENTERNESS_RPN.IOU_LOSS_WEIGHT = 8.0
+    # "iou" (1 - IoU) or "giou" (1 - generalised IoU).
+    _C.MODEL.OVD.CENTERNESS_RPN.IOU_LOSS_TYPE = "iou"
+    # Weight of the centerness objectness loss (L1 on the sigmoid, `RpnCenterLoss`, METHODS 4.3).
+    _C.MODEL.OVD.CENTERNESS_RPN.CENTERNESS_LOSS_WEIGHT = 1.0
+    # Train the objectness on sampled negative anchors too (target 0). False is OLN's positives-
+    # only localisation-quality training [paper†].
+    _C.MODEL.OVD.CENTERNESS_RPN.NEGATIVES_IN_OBJECTNESS = True
+    # (The ROI heads' final-score rescaling by objectness^w is MODEL.OVD.FUSION.OBJECTNESS_WEIGHT.)

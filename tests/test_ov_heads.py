@@ -80,7 +80,13 @@ def mean_of(history, key):
 
 @pytest.mark.parametrize(
     "name,distill",
-    [("tiny_vild", True), ("tiny_vild_ensemble", True), ("tiny_fvlm", False), ("tiny_fvit", False)],
+    [
+        ("tiny_vild", True),
+        ("tiny_vild_ensemble", True),
+        ("tiny_fvlm", False),
+        ("tiny_fvit", False),
+        ("tiny_rovit", False),
+    ],
 )
 def test_tiny_configs_train_and_loss_falls(name, distill):
     model, _ = build(name)

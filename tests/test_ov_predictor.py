@@ -62,7 +62,9 @@ def test_novel_masks():
     zero = _classifier(novel_mask="zero")
     torch.testing.assert_close(zero.mask_novel(logits), torch.tensor([[2.0, 0.0, 1.0]]))
     neg = _classifier(novel_mask="neg_inf")
-    assert neg.mask_novel(logits)[0, 1] == float("-inf") and neg.mask_novel(logits)[0, 2] == 1.0
+    masked = neg.mask_novel(logits)
+    assert masked[0, 1] == torch.finfo(torch.float32).min and masked[0, 2] == 1.0
+    assert masked.softmax(dim=1)[0, 1] == 0.0
     assert torch.equal(_classifier(novel_mask="none").mask_novel(logits), logits)
 
 
@@ -162,3 +164,25 @@ def test_predictor_requires_class_agnostic_boxes():
             num_classes=2,
             cls_agnostic_bbox_reg=False,
         )
+
+
+def test_sigmoid_ce_with_federated_loss():
+    """Detectron2's sigmoid-CE and federated-loss switches work on the open-vocabulary logits."""
+    torch.manual_seed(0)
+    pred = OVFastRCNNOutputLayers(
+        ShapeSpec(channels=4),
+        text_classifier=_classifier(temperature=10.0, novel_mask="neg_inf"),
+        box2box_transform=Box2BoxTransform((10.0, 10.0, 5.0, 5.0)),
+        num_classes=2,
+        cls_agnostic_bbox_reg=True,
+        use_sigmoid_ce=True,
+        use_fed_loss=True,
+        get_fed_loss_cls_weights=lambda: torch.ones(2),
+        fed_loss_num_classes=2,
+    )
+    features = torch.randn(2, 4, requires_grad=True)
+    with EventStorage():
+        losses = pred.losses(pred(features), _proposals([0, 2]))
+    assert torch.isfinite(losses["loss_cls"]) and losses["loss_cls"] > 0
+    losses["loss_cls"].backward()
+    assert pred.projection.weight.grad is not None

@@ -121,3 +121,20 @@ def test_precompute_tool_with_a_proposal_file(tmp_path):
     torch.testing.assert_close(embeds.norm(dim=1), torch.ones(2), atol=1e-3, rtol=0)
     again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert again.returncode == 0 and "0 of 3 images left" in again.stdout  # resumed: none left
+
+
+def test_large_scale_jitter_from_config(tmp_path):
+    from detectron2.config import get_cfg
+
+    import ovdet_plugin
+
+    cfg = ovdet_plugin.add_ovdet_config(get_cfg())
+    cfg.MODEL.OVD.INPUT.LSJ_SIZE = 64
+    mapper = OVDDatasetMapper(cfg, is_train=True)
+    kinds = [type(a).__name__ for a in mapper.augmentations.augs]
+    assert kinds == ["ResizeScale", "FixedSizeCrop", "RandomFlip"]
+    out = mapper(_image_dict(tmp_path))
+    assert tuple(out["image"].shape[1:]) == (64, 64)  # cropped or padded to the fixed size
+    assert "vild_proposals" not in out  # no EMBEDDINGS_DIR: plain DatasetMapper behaviour
+    test_mapper = OVDDatasetMapper(cfg, is_train=False)
+    assert "ResizeScale" not in [type(a).__name__ for a in test_mapper.augmentations.augs]

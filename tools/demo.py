@@ -15,7 +15,6 @@ import hashlib
 import os
 
 import cv2
-from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.data.detection_utils import read_image
 from detectron2.engine import DefaultPredictor
@@ -62,9 +61,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     logger = setup_logger(name="ovdet_plugin")
-    cfg = ovdet_plugin.add_ovdet_config(get_cfg())
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = ovdet_plugin.get_ovdet_cfg(args.config_file, args.opts)
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = args.confidence_threshold
     cfg.freeze()
     predictor = DefaultPredictor(cfg)

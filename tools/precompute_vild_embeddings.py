@@ -22,7 +22,6 @@ import time
 import torch
 import torch.nn.functional as F
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog
 from detectron2.data import detection_utils as utils
 from detectron2.data.build import load_proposals_into_dataset
@@ -110,10 +109,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     logger = setup_logger(name="ovdet_plugin")
-    cfg = ovdet_plugin.add_ovdet_config(get_cfg())
-    if args.config_file:
-        cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = ovdet_plugin.get_ovdet_cfg(args.config_file, args.opts)
     cfg.MODEL.DEVICE = args.device
     scales = [float(s) for s in args.scales.split(",")]
 

@@ -15,12 +15,11 @@ import os
 from functools import partial
 
 import torch
-from detectron2.config import get_cfg
 from detectron2.data import build_detection_train_loader
 from detectron2.engine import DefaultTrainer, default_setup
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 
-from ..config import add_ovdet_config
+from ..config import get_ovdet_cfg
 from ..data.vild_embeddings import OVDDatasetMapper
 from ..evaluation import build_ov_evaluator
 from ..modeling.backbone.utils import get_vit_lr_decay_rate
@@ -90,9 +89,7 @@ class OVDTrainer(DefaultTrainer):
 def setup_ovdet_cfg(args):
     """``get_cfg`` + ``add_ovdet_config`` + the config file + command-line overrides, then
     Detectron2's ``default_setup`` (logging, output folder, seed). Returns the frozen config."""
-    cfg = add_ovdet_config(get_cfg())
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = get_ovdet_cfg(args.config_file, args.opts)
     cfg.freeze()
     default_setup(cfg, args)
     return cfg

@@ -191,27 +191,15 @@ class AttnPoolRegionScorer(VLMRegionScorer):
         return F.normalize(emb, dim=-1)
 
 
-@register_vlm_scorer("dense")
-class DenseRegionScorer(VLMRegionScorer):
-    """F-ViT / CLIPSelf (METHODS.md 3.2): 1x1 RoIAlign (aligned, adaptive sampling) on the
-    L2-normalised dense map (value-only last block), then L2-normalised again."""
+class _ViTTowerScorer(VLMRegionScorer):
+    """Shared part of the ViT scorers: a frozen ``DenseCLIPViT`` wrapping the open_clip tower."""
 
     tower_kind = "vit"
 
-    def __init__(
-        self,
-        visual: nn.Module,
-        *,
-        pooler_resolution: int = 0,
-        sampling_ratio: int = -1,
-        window_size: int = 0,
-        window_block_indexes: Sequence[int] = (),
-    ):
-        super().__init__(pooler_resolution=pooler_resolution or 1, sampling_ratio=sampling_ratio)
+    def __init__(self, visual: nn.Module, *, pooler_resolution: int, sampling_ratio: int = -1):
+        super().__init__(pooler_resolution=pooler_resolution, sampling_ratio=sampling_ratio)
         self.dense = DenseCLIPViT(visual)
         self._freeze()
-        self.window_size = int(window_size)
-        self.window_block_indexes = tuple(window_block_indexes)
 
     @property
     def visual(self) -> nn.Module:
@@ -224,6 +212,27 @@ class DenseRegionScorer(VLMRegionScorer):
     @property
     def embed_dim(self) -> int:
         return self.dense.embed_dim
+
+
+@register_vlm_scorer("dense")
+class DenseRegionScorer(_ViTTowerScorer):
+    """F-ViT / CLIPSelf (METHODS.md 3.2): 1x1 RoIAlign (aligned, adaptive sampling) on the
+    L2-normalised dense map (value-only last block), then L2-normalised again."""
+
+    def __init__(
+        self,
+        visual: nn.Module,
+        *,
+        pooler_resolution: int = 0,
+        sampling_ratio: int = -1,
+        window_size: int = 0,
+        window_block_indexes: Sequence[int] = (),
+    ):
+        super().__init__(
+            visual, pooler_resolution=pooler_resolution or 1, sampling_ratio=sampling_ratio
+        )
+        self.window_size = int(window_size)
+        self.window_block_indexes = tuple(window_block_indexes)
 
     def extract(self, images: torch.Tensor) -> torch.Tensor:
         return self.dense(
@@ -236,7 +245,7 @@ class DenseRegionScorer(VLMRegionScorer):
 
 
 @register_vlm_scorer("avgpool")
-class AvgPoolRegionScorer(VLMRegionScorer):
+class AvgPoolRegionScorer(_ViTTowerScorer):
     """RO-ViT (METHODS.md 4.3): RoIAlign (14x14) on the last ViT map, then the mean.
 
     The map is the last block's patch tokens after the final norm and projection (CLIP space;
@@ -244,25 +253,11 @@ class AvgPoolRegionScorer(VLMRegionScorer):
     ``final_ln_after_pool`` is set pools first and normalises after, as its own pooling does.
     """
 
-    tower_kind = "vit"
-
     def __init__(self, visual: nn.Module, *, pooler_resolution: int = 0, sampling_ratio: int = -1):
-        super().__init__(pooler_resolution=pooler_resolution or 14, sampling_ratio=sampling_ratio)
-        self.dense = DenseCLIPViT(visual)
-        self._freeze()
+        super().__init__(
+            visual, pooler_resolution=pooler_resolution or 14, sampling_ratio=sampling_ratio
+        )
         self.ln_after_pool = bool(getattr(self.visual, "final_ln_after_pool", False))
-
-    @property
-    def visual(self) -> nn.Module:
-        return self.dense.visual
-
-    @property
-    def feature_stride(self) -> int:
-        return self.dense.patch_size[0]
-
-    @property
-    def embed_dim(self) -> int:
-        return self.dense.embed_dim
 
     def extract(self, images: torch.Tensor) -> torch.Tensor:
         x, grid = self.dense.embed(images)

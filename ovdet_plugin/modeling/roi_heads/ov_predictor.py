@@ -167,7 +167,9 @@ class TextClassifier(nn.Module):
         keep = torch.cat([~novel, novel.new_ones(1)])  # background always kept
         if self.novel_mask == "zero":
             return logits * keep.to(logits.dtype)  # ViLD: logits x 0, still in the softmax
-        return logits.masked_fill(~keep, float("-inf"))  # F-ViT: removed from the softmax
+        # F-ViT: removed from the softmax. The most negative finite value rather than -inf keeps
+        # Detectron2's sigmoid CE finite (BCE of -inf is NaN) and works in fp16.
+        return logits.masked_fill(~keep, torch.finfo(logits.dtype).min)
 
 
 class OVFastRCNNOutputLayers(FastRCNNOutputLayers):

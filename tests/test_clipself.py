@@ -1,0 +1,229 @@
+"""CLIPSelf (METHODS 3.1-3.7): grid sampling, crops, RoI features, loss, training, ensembling."""
+
+import json
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ovdet_plugin.clip import build_clip_model
+from ovdet_plugin.pretraining.clipself import (
+    CLIPSelfImageDataset,
+    CLIPSelfModel,
+    clipself_loss,
+    crop_regions,
+    ensemble_state_dict,
+    grid_choices,
+    load_proposals,
+    resize_max_size,
+    roi_features,
+    sample_grid_boxes,
+    scale_boxes,
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """One intra-op thread: on the shared 2-core machine, OpenMP threads competing with other
+    processes slow these small training loops down by an order of magnitude."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_grid_choices_enumeration():
+    choices = grid_choices(6)
+    assert (1, 1) in choices and (6, 6) in choices and (1, 2) in choices and (2, 1) in choices
+    assert (1, 3) not in choices and (4, 1) not in choices  # aspect beyond 2:1
+    for m, n in choices:
+        assert 1 <= m <= 6 and 1 <= n <= 6 and 0.5 <= n / m <= 2
+    # exactly the pairs with n in [floor((m+1)/2), min(2m, 6)]
+    assert len(choices) == sum(min(2 * m, 6) - (m + 1) // 2 + 1 for m in range(1, 7))
+
+
+def test_grid_sampling_limits_over_many_seeds():
+    seen = set()
+    for seed in range(300):
+        g = torch.Generator().manual_seed(seed)
+        w, h = 40 + seed % 50, 30 + seed % 70
+        boxes = sample_grid_boxes(w, h, max_split=6, max_boxes=20, generator=g)
+        assert 1 <= len(boxes) <= 20
+        bw, bh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+        assert (bw > 0).all() and (bh > 0).all()
+        assert boxes[:, 0].min() >= 0 and boxes[:, 1].min() >= 0
+        assert boxes[:, 2].max() <= w and boxes[:, 3].max() <= h
+        n_cols = round(w / bw.float().mean().item())
+        n_rows = round(h / bh.float().mean().item())
+        assert n_rows <= 6 and n_cols <= 6
+        seen.add(len(boxes))
+    assert 20 in seen and 1 in seen  # truncated big grids and the 1x1 grid both occur
+
+
+def test_grid_cells_tile_the_image_and_crops_cover_them_exactly():
+    img = torch.arange(3 * 30 * 50, dtype=torch.float32).reshape(3, 30, 50)
+    for seed in range(20):
+        boxes = sample_grid_boxes(
+            50, 30, max_boxes=36, generator=torch.Generator().manual_seed(seed)
+        )
+        cover = torch.zeros(30, 50, dtype=torch.int64)
+        for crop, (x0, y0, x1, y1) in zip(crop_regions(img, boxes), boxes.int().tolist()):
+            assert torch.equal(crop, img[:, y0:y1, x0:x1])
+            cover[y0:y1, x0:x1] += 1
+        assert (cover == 1).all()  # every pixel in exactly one cell
+
+
+def test_teacher_crop_scale_and_resize_pad():
+    boxes = torch.tensor([[10.0, 10.0, 20.0, 30.0]])
+    same = scale_boxes(boxes, 1.0, 100, 100)
+    assert torch.equal(same, boxes)
+    big = scale_boxes(boxes, 1.5, 100, 100)
+    torch.testing.assert_close(big, torch.tensor([[7.0, 5.0, 23.0, 35.0]]))  # 1.5x about the centre
+    clipped = scale_boxes(torch.tensor([[0.0, 0.0, 10.0, 10.0]]), 1.5, 100, 100)
+    assert clipped[0, :2].tolist() == [0.0, 0.0]
+    # long side resized to the tower size, centred zero padding
+    crop = torch.ones(3, 10, 20)
+    out = resize_max_size(crop, 64)
+    assert out.shape == (3, 64, 64)
+    assert (out[:, 16:48, :] > 0.99).all() and (out[:, :16] == 0).all() and (out[:, 48:] == 0).all()
+
+
+def test_roi_features_1x1_roialign():
+    dense = F.normalize(torch.randn(2, 8, 4, 4), dim=1)
+    # a box exactly covering one stride-16 cell reads that cell
+    feats = roi_features(dense, [torch.tensor([[16.0, 32.0, 32.0, 48.0]]), torch.zeros(0, 4)], 16)
+    torch.testing.assert_close(feats[0], dense[0, :, 2, 1])
+    assert feats.shape == (1, 8)
+
+
+def test_loss_values():
+    a = F.normalize(torch.randn(5, 8), dim=-1)
+    assert abs(clipself_loss(a, a).item()) < 1e-6
+    assert abs(clipself_loss(a, -a).item() - 2.0) < 1e-6
+
+
+def test_ensemble_weights():
+    s = {"w": torch.tensor([1.0, 2.0]), "n": torch.tensor([3])}
+    t = {"w": torch.tensor([3.0, 6.0]), "n": torch.tensor([5])}
+    out = ensemble_state_dict(s, t, 0.7)
+    torch.testing.assert_close(out["w"], torch.tensor([0.7 * 1 + 0.3 * 3, 0.7 * 2 + 0.3 * 6]))
+    assert torch.equal(out["n"], s["n"])
+
+
+def _model(**kw):
+    torch.manual_seed(0)
+    clip = build_clip_model("ovdet-tiny-vit")
+    kw.setdefault("image_size", 96)
+    return CLIPSelfModel(clip_model=clip, **kw)
+
+
+def _images(n=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(n):
+        img = torch.rand(3, 72 + 8 * i, 96, generator=g) * 0.2
+        img[:, 10:40, 20:60] = torch.rand(3, 1, 1, generator=g)
+        out.append({"image": img})
+    return out
+
+
+def test_a_few_steps_lower_the_loss_and_teacher_is_frozen():
+    model = _model().train()
+    assert not model.teacher.training
+    teacher_before = {k: v.clone() for k, v in model.teacher.state_dict().items()}
+    frozen = {k: v.clone() for k, v in model.clip.state_dict().items() if "resblocks" not in k}
+    params = [p for p in model.parameters() if p.requires_grad]
+    assert all("resblocks" in n for n, p in model.named_parameters() if p.requires_grad)
+    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.1)
+    batch = _images()
+    losses = []
+    for step in range(8):
+        torch.manual_seed(step % 2)  # two fixed grid draws, alternating
+        loss = model(batch)["loss_clipself"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] and losses[-2] < losses[1]
+    for k, v in model.teacher.state_dict().items():
+        assert torch.equal(v, teacher_before[k]), k
+    for k, v in model.clip.state_dict().items():
+        if k in frozen:
+            assert torch.equal(v, frozen[k]), k  # embeddings, ln_post, proj, text tower
+
+
+def test_train_blocks_and_errors():
+    model = _model(train_blocks=1)
+    trainable = {
+        n.split(".resblocks.")[1].split(".")[0]
+        for n, p in model.named_parameters()
+        if p.requires_grad
+    }
+    assert trainable == {"3"}  # the last of 4 blocks
+    with pytest.raises(ValueError, match="patch size"):
+        _model(image_size=100)
+    with pytest.raises(TypeError, match="VisionTransformer"):
+        CLIPSelfModel(clip_model=build_clip_model("ovdet-tiny-rn"))
+
+
+def test_saved_ensemble_equals_formula_and_loads(tmp_path):
+    model = _model()
+    with torch.no_grad():
+        for p in model.clip.visual.parameters():
+            p.add_(0.5)  # the student moved away from the teacher
+    path = tmp_path / "clipself.pt"
+    model.export(str(path), 0.7)
+    saved = torch.load(path)
+    student, teacher = model.clip.state_dict(), model.teacher.state_dict()
+    for k, v in saved.items():
+        if k.startswith("visual."):
+            want = 0.7 * student[k] + 0.3 * teacher[k[len("visual.") :]]
+            torch.testing.assert_close(v, want, rtol=0, atol=1e-6)
+        else:
+            assert torch.equal(v, student[k])
+    loaded = build_clip_model("ovdet-tiny-vit", str(path))  # strict load of the full CLIP
+    assert torch.equal(loaded.state_dict()["visual.proj"], saved["visual.proj"])
+
+
+def test_proposal_variant(tmp_path):
+    from PIL import Image
+
+    files = []
+    for i in range(2):
+        p = tmp_path / f"im{i}.png"
+        Image.new("RGB", (200, 100), (i * 90, 50, 50)).save(p)
+        files.append(str(p))
+    props = {
+        "im0.png": [[10, 10, 60, 60], [0, 0, 4, 4], [100, 20, 190, 90]],  # the 4x4 box is too small
+        files[1]: [],
+    }
+    (tmp_path / "props.json").write_text(json.dumps(props))
+    ds = CLIPSelfImageDataset(files, 96, load_proposals(str(tmp_path / "props.json")))
+    s0 = ds[0]
+    assert s0["image"].shape == (3, 48, 96)
+    torch.testing.assert_close(
+        s0["proposals"], torch.tensor([[4.8, 4.8, 28.8, 28.8], [48.0, 9.6, 91.2, 43.2]])
+    )
+    assert len(ds[1]["proposals"]) == 0
+    model = _model(mode="proposals")
+    assert model.teacher_crop_scale == 1.5
+    loss = model([s0, ds[1]])["loss_clipself"]
+    assert 0 <= loss.item() <= 2
+    # a proposals file without an image is a clear error
+    with pytest.raises(KeyError, match="no entry for image"):
+        CLIPSelfImageDataset(
+            files + [str(tmp_path / "other.png")], 96, load_proposals(str(tmp_path / "props.json"))
+        )
+    with pytest.raises(FileNotFoundError, match="PROPOSALS_FILE"):
+        load_proposals(os.path.join(str(tmp_path), "missing.json"))
+
+
+def test_unreadable_image_is_skipped(tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    ds = CLIPSelfImageDataset([str(bad)], 64)
+    assert ds[0] is None
+    model = _model()
+    out = model([])["loss_clipself"]
+    assert out.item() == 0.0 and out.requires_grad
