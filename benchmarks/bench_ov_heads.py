@@ -1,16 +1,17 @@
 #!/usr/bin/env python
 """Inference cost of the open-vocabulary heads at 640x640, CPU, batch 1, random weights.
 
-Pair 1, same R50-FPN backbone features and the same 1000 proposals:
+Pair 1, same R50-FPN backbone features and the same 1000 (fixed, random) proposals:
   - stock: Detectron2's StandardROIHeads, linear classifier over 1203 + 1 classes;
   - ViLD head: OVROIHeads, projection to 512-d, cosine vs 1203 frozen text embeddings.
-Pair 2, same frozen CLIP RN50 + FPN features and proposals:
+Pair 2, same frozen CLIP RN50 + FPN features and the same 1000 proposals:
   - F-VLM detector only (OVROIHeads, 1024-d text embeddings, no fusion);
   - F-VLM fused: + VLM scoring (attention pool on the frozen tower) + fusion.
 
 The two heads of a pair are timed alternately on identical inputs in one process (median of
 --repeats runs after a warm-up), so background load affects both alike. The whole-model forward
-of each model and the peak RSS growth (a fresh subprocess per model) are reported as well. Text
+of each model and its peak memory growth during the forwards (VmHWM after resetting it, in a
+fresh subprocess per model) are reported as well. Text
 embeddings are random unit vectors of the real shapes (1203 x D). Score threshold 0.05, 300
 detections. Usage: python benchmarks/bench_ov_heads.py [--repeats 5]
 """
@@ -18,7 +19,6 @@ detections. Usage: python benchmarks/bench_ov_heads.py [--repeats 5]
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -78,6 +78,20 @@ def inputs_640():
     return [{"image": image, "height": 640, "width": 640}]
 
 
+def fixed_proposals(image_size, num: int = 1000):
+    """``num`` seeded random boxes (the test-time RPN's 1000 proposals): a random-weight RPN
+    keeps an arbitrary number after NMS, which would make the head timings incomparable."""
+    import torch
+    from detectron2.structures import Boxes, Instances
+
+    g = torch.Generator().manual_seed(2)
+    h, w = image_size
+    xy = torch.rand(num, 2, generator=g) * torch.tensor([w * 0.8, h * 0.8])
+    wh = 8 + torch.rand(num, 2, generator=g) * torch.tensor([w * 0.5, h * 0.5])
+    boxes = torch.cat([xy, (xy + wh).min(torch.tensor([w, h]).float())], dim=1)
+    return [Instances(image_size, proposal_boxes=Boxes(boxes), objectness_logits=torch.zeros(num))]
+
+
 def time_pair(names, repeats: int, tmp: str) -> dict:
     """Median ROI-head time of two models on the first one's backbone features/proposals."""
     import torch
@@ -88,7 +102,7 @@ def time_pair(names, repeats: int, tmp: str) -> dict:
     with torch.no_grad():
         images = models[0].preprocess_image(inputs)
         features = models[0].backbone(images.tensor)
-        proposals, _ = models[0].proposal_generator(images, features, None)
+        proposals = fixed_proposals(images.image_sizes[0])
         for i in range(repeats + 1):
             for name, model in zip(names, models):
                 start = time.perf_counter()
@@ -98,28 +112,48 @@ def time_pair(names, repeats: int, tmp: str) -> dict:
     return {n: statistics.median(v) for n, v in out.items()} | {"proposals": len(proposals[0])}
 
 
+def _reset_peak_rss() -> float:
+    """Reset the kernel's RSS high-water mark (Linux) and return the current RSS in MiB."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return _status_mib("VmRSS")
+
+
+def _status_mib(field: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise KeyError(field)
+
+
 def time_forward(name: str, repeats: int, tmp: str) -> dict:
-    """Whole forward (median) and peak RSS growth of one model; run in a fresh process."""
+    """Whole forward (median) and peak memory growth during the forwards (activations and
+    workspace, not weights) of one model; run in a fresh process."""
     import torch
 
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     model, inputs, times = build(name, tmp), inputs_640(), []
+    base = _reset_peak_rss()
     with torch.no_grad():
         for i in range(repeats + 1):
             start = time.perf_counter()
             model(inputs)
             if i:
                 times.append(time.perf_counter() - start)
-    peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
+    peak = _status_mib("VmHWM") - base
     return {"forward_s": statistics.median(times), "peak_rss_growth_mib": peak}
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     p.add_argument("--forward", default="", help=argparse.SUPPRESS)
     p.add_argument("--tmp", default="", help=argparse.SUPPRESS)
     args = p.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
     if args.forward:
         print(json.dumps(time_forward(args.forward, args.repeats, args.tmp)))
         return
@@ -135,14 +169,17 @@ def main():
         for name in names:
             out = subprocess.run(
                 [sys.executable, __file__, "--forward", name, "--repeats", str(args.repeats),
-                 "--tmp", tmp],
+                 "--tmp", tmp, "--threads", str(args.threads)],
                 capture_output=True, text=True, check=True,
             ).stdout  # fmt: skip
             rows.append(
                 {"model": name, "roi_heads_s": heads[name], **json.loads(out.splitlines()[-1])}
             )
-    print(f"load average at the end: {os.getloadavg()[0]:.1f}; {heads['proposals']} proposals")
-    print("| model | ROI heads | vs its pair's first | whole forward | peak RSS growth |")
+    print(
+        f"load average at the end: {os.getloadavg()[0]:.1f}; {heads['proposals']} proposals; "
+        f"{args.threads} thread(s)"
+    )
+    print("| model | ROI heads | vs its pair's first | whole forward | peak memory growth |")
     print("|---|---|---|---|---|")
     for i, r in enumerate(rows):
         ref = rows[i - i % 2]["roi_heads_s"]

@@ -24,3 +24,13 @@ def tiny_clip():
 def _isolated_cache(tmp_path, monkeypatch):
     """Each test gets its own text-embedding cache folder (never the user's ~/.cache)."""
     monkeypatch.setenv("OVDET_CACHE", str(tmp_path / "ovdet_cache"))
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op thread: on a shared 2-core machine, OpenMP threads competing with other
+    processes slow small training loops down by an order of magnitude."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -22,15 +22,7 @@ from ovdet_plugin.pretraining.clipself import (
     scale_boxes,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: on the shared 2-core machine, OpenMP threads competing with other
-    processes slow these small training loops down by an order of magnitude."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_grid_choices_enumeration():

@@ -54,6 +54,6 @@ def test_demo_text_runs_and_uses_the_cache(tmp_path):
         env_extra={"OVDET_CACHE": str(tmp_path)},
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "Text classifier (3, 64): built in" in result.stdout
+    assert "Text classifier (3, 64): first call" in result.stdout
     assert "'a remote' ->" in result.stdout and "'couch' ->" in result.stdout
     assert len(os.listdir(tmp_path / "text_embeddings")) == 1

@@ -71,8 +71,11 @@ def main(argv=None):
             model, tokenizer, vocabulary, prompts=args.prompts, cache_dir=args.cache_dir
         )
         timings.append(time.perf_counter() - start)
-    print(f"Text classifier {tuple(emb.shape)}: built in {timings[0] * 1000:.0f} ms, "
-          f"then loaded in {timings[1] * 1000:.1f} ms")  # fmt: skip
+    first, second = timings[0] * 1000, timings[1] * 1000
+    print(
+        f"Text classifier {tuple(emb.shape)}: first call {first:.0f} ms (encoded, or from an "
+        f"earlier run's cache), second call {second:.1f} ms (cache)"
+    )
 
     queries = [q.strip() for q in args.queries.split(",") if q.strip()]
     with torch.no_grad():
