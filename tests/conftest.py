@@ -34,3 +34,26 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def load_test_config(name: str, *opts, **overrides):
+    """A config from configs/test/ (``name`` with or without ".yaml") with the ovdet keys, then
+    ``KEY VALUE`` overrides given positionally and/or as keyword arguments."""
+    from ovdet_plugin import get_ovdet_cfg
+
+    name = name if name.endswith(".yaml") else name + ".yaml"
+    flat = list(opts) + [x for kv in overrides.items() for x in kv]
+    return get_ovdet_cfg(os.path.join(REPO_ROOT, "configs", "test", name), flat)
+
+
+def randomize_bn(module: torch.nn.Module, seed: int = 0) -> None:
+    """Random BN affine parameters and running statistics (CLIP init zeroes bn3 weights)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                n = m.num_features
+                m.weight.copy_(1.0 + 0.3 * torch.randn(n, generator=g))
+                m.bias.copy_(0.2 * torch.randn(n, generator=g))
+                m.running_mean.copy_(0.2 * torch.randn(n, generator=g))
+                m.running_var.copy_(0.5 + torch.rand(n, generator=g))

@@ -1,44 +1,21 @@
 """Frozen CLIP ResNet + FPN backbone (F-VLM, METHODS.md 2.1)."""
 
 import copy
-import os
 
 import pytest
 import torch
-from detectron2.config import get_cfg
+from conftest import load_test_config, randomize_bn
 from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, build_backbone, build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-import ovdet_plugin
 from ovdet_plugin.clip import build_clip_model
 from ovdet_plugin.modeling.backbone import CLIP_PIXEL_MEAN, CLIP_PIXEL_STD, CLIPResNet
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = os.path.join(REPO, "configs", "test", "tiny_clip_rn_fpn.yaml")
-
 
 def _cfg(**overrides):
-    cfg = get_cfg()
-    ovdet_plugin.add_ovdet_config(cfg)
-    cfg.merge_from_file(CONFIG)
-    for key, value in overrides.items():
-        cfg.merge_from_list([key, value])
-    return cfg
-
-
-def randomize_bn(module: torch.nn.Module, seed: int = 0) -> None:
-    """Random BN affine parameters and running statistics (CLIP init zeroes bn3 weights)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                n = m.num_features
-                m.weight.copy_(1.0 + 0.3 * torch.randn(n, generator=g))
-                m.bias.copy_(0.2 * torch.randn(n, generator=g))
-                m.running_mean.copy_(0.2 * torch.randn(n, generator=g))
-                m.running_var.copy_(0.5 + torch.rand(n, generator=g))
+    return load_test_config("tiny_clip_rn_fpn", **overrides)
 
 
 def _step_inputs(h=75, w=101):

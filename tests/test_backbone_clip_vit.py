@@ -1,18 +1,16 @@
 """CLIP ViT + simple feature pyramid backbone (F-ViT METHODS.md 3.8, RO-ViT 4.3)."""
 
 import copy
-import os
 from functools import partial
 
 import pytest
 import torch
-from detectron2.config import get_cfg
+from conftest import load_test_config
 from detectron2.modeling import BACKBONE_REGISTRY, build_backbone, build_model
 from detectron2.solver.build import get_default_optimizer_params
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-import ovdet_plugin
 from ovdet_plugin.clip import build_clip_model
 from ovdet_plugin.clip.dense import value_only_block_forward
 from ovdet_plugin.modeling.backbone import (
@@ -21,17 +19,9 @@ from ovdet_plugin.modeling.backbone import (
     get_vit_lr_decay_rate,
 )
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = os.path.join(REPO, "configs", "test", "tiny_clip_vit_sfp.yaml")
-
 
 def _cfg(**overrides):
-    cfg = get_cfg()
-    ovdet_plugin.add_ovdet_config(cfg)
-    cfg.merge_from_file(CONFIG)
-    for key, value in overrides.items():
-        cfg.merge_from_list([key, value])
-    return cfg
+    return load_test_config("tiny_clip_vit_sfp", **overrides)
 
 
 def _step_inputs(h=75, w=101):

@@ -2,12 +2,9 @@
 (losses fall over 20 iterations on a generated batch), ViLD distillation inputs, test-time
 fusion, and vocabularies swapped after building."""
 
-import os
-
 import pytest
 import torch
-from conftest import REPO_ROOT
-from detectron2.config import get_cfg
+from conftest import load_test_config
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
@@ -18,17 +15,9 @@ from ovdet_plugin.modeling.roi_heads import OVROIHeads, ViLDROIHeads
 H, W = 128, 160
 
 
-def tiny_cfg(name, *opts):
-    cfg = get_cfg()
-    ovdet_plugin.add_ovdet_config(cfg)
-    cfg.merge_from_file(os.path.join(REPO_ROOT, "configs", "test", f"{name}.yaml"))
-    cfg.merge_from_list(list(opts))
-    return cfg
-
-
 def build(name, *opts, seed=0):
     torch.manual_seed(seed)
-    cfg = tiny_cfg(name, *opts)
+    cfg = load_test_config(name, *opts)
     return build_model(cfg), cfg
 
 

@@ -2,16 +2,14 @@
 frozen copies."""
 
 import copy
-import os
 
 import pytest
 import torch
 import torch.nn.functional as F
-from detectron2.config import get_cfg
+from conftest import load_test_config, randomize_bn
 from detectron2.modeling import build_backbone
 from detectron2.structures import Boxes
 
-import ovdet_plugin
 from ovdet_plugin.clip import build_clip_model
 from ovdet_plugin.modeling.vlm_scorers import (
     VLM_SCORERS,
@@ -21,35 +19,16 @@ from ovdet_plugin.modeling.vlm_scorers import (
     build_vlm_scorer,
 )
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 def _cfg(name, **overrides):
-    cfg = get_cfg()
-    ovdet_plugin.add_ovdet_config(cfg)
-    cfg.merge_from_file(os.path.join(REPO, "configs", "test", name))
-    for key, value in overrides.items():
-        cfg.merge_from_list([key, value])
-    return cfg
-
-
-def _randomize_bn(module, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                n = m.num_features
-                m.weight.copy_(1.0 + 0.3 * torch.randn(n, generator=g))
-                m.bias.copy_(0.2 * torch.randn(n, generator=g))
-                m.running_mean.copy_(0.2 * torch.randn(n, generator=g))
-                m.running_var.copy_(0.5 + torch.rand(n, generator=g))
+    return load_test_config(name, **overrides)
 
 
 @pytest.fixture(scope="module")
 def tiny_rn():
     torch.manual_seed(0)
     model = build_clip_model("ovdet-tiny-rn")
-    _randomize_bn(model.visual)
+    randomize_bn(model.visual)
     return model
 
 
