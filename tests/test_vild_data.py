@@ -138,3 +138,38 @@ def test_large_scale_jitter_from_config(tmp_path):
     assert "vild_proposals" not in out  # no EMBEDDINGS_DIR: plain DatasetMapper behaviour
     test_mapper = OVDDatasetMapper(cfg, is_train=False)
     assert "ResizeScale" not in [type(a).__name__ for a in test_mapper.augmentations.augs]
+
+
+def test_precompute_tool_with_a_trained_rpn(tmp_path):
+    """Proposals from a detector checkpoint's RPN (run at the test-time size), boxes mapped back
+    to original image pixels."""
+    from conftest import load_test_config
+    from detectron2.modeling import build_model
+
+    root = tmp_path / "d2"
+    generate_synthetic_dataset(
+        root / "ovdet_synthetic", num_train=3, num_val=1, num_pretrain=0, image_size=64,
+        progress=False,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    detector = build_model(load_test_config("tiny_rcnn"))
+    weights = tmp_path / "detector.pth"
+    torch.save({"model": detector.state_dict()}, weights)
+    out = tmp_path / "emb"
+    cmd = [
+        sys.executable, os.path.join(REPO_ROOT, "tools", "precompute_vild_embeddings.py"),
+        "--config-file", os.path.join(REPO_ROOT, "configs", "test", "tiny_rcnn.yaml"),
+        "--dataset", "ovdet_synthetic_train", "--clip-model", "ovdet-tiny-vit",
+        "--output", str(out), "--max-proposals", "10", "--device", "cpu",
+        "MODEL.WEIGHTS", str(weights), "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "128",
+    ]  # fmt: skip
+    env = dict(os.environ, DETECTRON2_DATASETS=str(root), PYTHONPATH=REPO_ROOT)
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    store = ViLDEmbeddingStore(str(out))
+    assert len(store) == 3
+    train = json.load(open(root / "ovdet_synthetic" / "train.json"))
+    boxes, embeds = store.get(train["images"][0]["id"])
+    assert 0 < len(boxes) <= 10 and embeds.shape == (len(boxes), 64)
+    # the model saw a 128-px image; the stored boxes are in the original 64-px image
+    assert boxes.min() >= 0 and boxes[:, [0, 2]].max() <= 64 and boxes[:, [1, 3]].max() <= 64

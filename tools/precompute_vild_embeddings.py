@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog
 from detectron2.data import detection_utils as utils
+from detectron2.data import transforms as T
 from detectron2.data.build import load_proposals_into_dataset
 from detectron2.modeling import build_model
 from detectron2.structures import BoxMode
@@ -77,15 +78,21 @@ def crop_embeddings(clip_model, image: torch.Tensor, boxes: torch.Tensor, scales
     return F.normalize(total, dim=1)
 
 
-def proposals_from_model(model, image_bgr_or_rgb: torch.Tensor, height: int, width: int):
-    """Top proposals of the model's proposal generator, in original image pixels."""
-    inputs = [{"image": image_bgr_or_rgb, "height": height, "width": width}]
-    images = model.preprocess_image(inputs)
+def proposals_from_model(model, resize, image, device) -> torch.Tensor:
+    """Proposals of the model's proposal generator for one image, in original image pixels.
+
+    Args:
+        image: (H, W, 3) uint8 array in the model's INPUT.FORMAT; resized with the test-time
+            ``resize`` augmentation (as ``DefaultPredictor`` does) before the forward pass.
+    """
+    height, width = image.shape[:2]
+    resized = resize.get_transform(image).apply_image(image)
+    tensor = torch.as_tensor(resized.transpose(2, 0, 1).copy(), device=device).float()
+    images = model.preprocess_image([{"image": tensor, "height": height, "width": width}])
     features = model.backbone(images.tensor)
     proposals, _ = model.proposal_generator(images, features, None)
     boxes = proposals[0].proposal_boxes.tensor
-    scale_y = height / images.image_sizes[0][0]
-    scale_x = width / images.image_sizes[0][1]
+    scale_x, scale_y = width / resized.shape[1], height / resized.shape[0]
     return boxes * boxes.new_tensor([scale_x, scale_y, scale_x, scale_y])
 
 
@@ -122,6 +129,8 @@ def main(argv=None):
             raise SystemExit("Give --proposals FILE, or a trained detector's MODEL.WEIGHTS")
         model = build_model(cfg).eval()
         DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+        size = cfg.INPUT.MIN_SIZE_TEST
+        resize = T.ResizeShortestEdge([size, size], cfg.INPUT.MAX_SIZE_TEST)
     clip_model = build_clip_model(args.clip_model, args.clip_pretrained, device=args.device)
     dim = clip_model.text_projection.shape[1]
     writer = ViLDEmbeddingWriter(args.output, embed_dim=dim, shard_size=args.shard_size)
@@ -134,9 +143,8 @@ def main(argv=None):
         h, w = rgb.shape[:2]
         if model is not None:
             model_input = utils.read_image(d["file_name"], format=cfg.INPUT.FORMAT)
-            tensor = torch.as_tensor(model_input.transpose(2, 0, 1).copy()).float()
             with torch.no_grad():
-                boxes = proposals_from_model(model, tensor, h, w)
+                boxes = proposals_from_model(model, resize, model_input, args.device)
         else:
             boxes = torch.as_tensor(
                 BoxMode.convert(d["proposal_boxes"], d["proposal_bbox_mode"], BoxMode.XYXY_ABS),
