@@ -57,3 +57,16 @@ def randomize_bn(module: torch.nn.Module, seed: int = 0) -> None:
                 m.bias.copy_(0.2 * torch.randn(n, generator=g))
                 m.running_mean.copy_(0.2 * torch.randn(n, generator=g))
                 m.running_var.copy_(0.5 + torch.rand(n, generator=g))
+
+
+def detection_batch(h: int = 75, w: int = 101):
+    """One seeded random image (non-square, odd-sized by default) with two boxes of classes 0 and
+    2, in Detectron2's model input format."""
+    from detectron2.structures import Boxes, Instances
+
+    torch.manual_seed(0)
+    inst = Instances((h, w))
+    inst.gt_boxes = Boxes(torch.tensor([[5.0, 5.0, 40.0, 50.0], [30.0, 20.0, 90.0, 70.0]]))
+    inst.gt_classes = torch.tensor([0, 2])
+    image = torch.randint(0, 256, (3, h, w)).float()
+    return [{"image": image, "instances": inst, "height": h, "width": w}]

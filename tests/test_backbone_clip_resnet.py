@@ -4,10 +4,9 @@ import copy
 
 import pytest
 import torch
-from conftest import load_test_config, randomize_bn
+from conftest import detection_batch, load_test_config, randomize_bn
 from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, build_backbone, build_model
-from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from ovdet_plugin.clip import build_clip_model
@@ -16,15 +15,6 @@ from ovdet_plugin.modeling.backbone import CLIP_PIXEL_MEAN, CLIP_PIXEL_STD, CLIP
 
 def _cfg(**overrides):
     return load_test_config("tiny_clip_rn_fpn", **overrides)
-
-
-def _step_inputs(h=75, w=101):
-    torch.manual_seed(0)
-    inst = Instances((h, w))
-    inst.gt_boxes = Boxes(torch.tensor([[5.0, 5.0, 40.0, 50.0], [30.0, 20.0, 90.0, 70.0]]))
-    inst.gt_classes = torch.tensor([0, 2])
-    image = torch.randint(0, 256, (3, h, w)).float()
-    return [{"image": image, "instances": inst, "height": h, "width": w}]
 
 
 def test_registered_and_base_config_uses_clip_normalisation():
@@ -97,7 +87,7 @@ def test_frozen_means_frozen_in_a_training_step():
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1,
                           momentum=0.9, weight_decay=1e-2)  # fmt: skip
     with EventStorage(0):
-        losses = model(_step_inputs())  # non-square, odd-sized input
+        losses = model(detection_batch())  # non-square, odd-sized input
     sum(losses.values()).backward()
     opt.step()
     for name, p in tower.named_parameters():
@@ -125,7 +115,7 @@ def test_full_detector_train_and_inference_on_odd_input():
     model = build_model(_cfg())
     model.train()
     with EventStorage(0):
-        losses = model(_step_inputs(77, 103))
+        losses = model(detection_batch(77, 103))
     total = sum(losses.values())
     assert torch.isfinite(total)
     total.backward()

@@ -5,10 +5,9 @@ from functools import partial
 
 import pytest
 import torch
-from conftest import load_test_config
+from conftest import detection_batch, load_test_config
 from detectron2.modeling import BACKBONE_REGISTRY, build_backbone, build_model
 from detectron2.solver.build import get_default_optimizer_params
-from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from ovdet_plugin.clip import build_clip_model
@@ -22,15 +21,6 @@ from ovdet_plugin.modeling.backbone import (
 
 def _cfg(**overrides):
     return load_test_config("tiny_clip_vit_sfp", **overrides)
-
-
-def _step_inputs(h=75, w=101):
-    torch.manual_seed(0)
-    inst = Instances((h, w))
-    inst.gt_boxes = Boxes(torch.tensor([[5.0, 5.0, 40.0, 50.0], [30.0, 20.0, 90.0, 70.0]]))
-    inst.gt_classes = torch.tensor([0, 2])
-    image = torch.randint(0, 256, (3, h, w)).float()
-    return [{"image": image, "instances": inst, "height": h, "width": w}]
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +108,7 @@ def test_frozen_means_frozen_in_a_training_step():
     before = {k: v.detach().clone() for k, v in tower.state_dict().items()}
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     with EventStorage(0):
-        losses = model(_step_inputs())  # 75 x 101: not a multiple of the patch size -> padded
+        losses = model(detection_batch())  # 75 x 101: not a multiple of the patch size -> padded
     sum(losses.values()).backward()
     opt.step()
     for name, p in tower.named_parameters():
@@ -131,7 +121,7 @@ def test_frozen_means_frozen_in_a_training_step():
 def test_full_detector_pads_odd_input_and_runs_backward():
     model = build_model(_cfg(**{"MODEL.OVD.BACKBONE.FREEZE": False}))
     model.train()
-    batch = _step_inputs(77, 103)
+    batch = detection_batch(77, 103)
     images = model.preprocess_image(batch)
     assert images.tensor.shape[-2:] == (96, 128)  # padded to multiples of 32 (and of patch 16)
     with EventStorage(0):

@@ -9,17 +9,9 @@ processes use gloo on the CPU. Output: OUTPUT_DIR/model_*.pth (resumable checkpo
 rovit_clip_final.pt (the open_clip state dict), metrics.json, tensorboard events.
 """
 
-from detectron2.engine import launch
-
+from ovdet_plugin.engine import launch_main
 from ovdet_plugin.pretraining.engine import argument_parser, rovit_main
 
 if __name__ == "__main__":
     args = argument_parser(__doc__.splitlines()[0]).parse_args()
-    launch(
-        rovit_main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    launch_main(rovit_main, args)

@@ -9,17 +9,9 @@ student-teacher ensemble as an open_clip state dict; use it as the F-ViT backbon
 MODEL.OVD.BACKBONE.PRETRAINED: OUTPUT_DIR/clipself_final.pt.
 """
 
-from detectron2.engine import launch
-
+from ovdet_plugin.engine import launch_main
 from ovdet_plugin.pretraining.engine import argument_parser, clipself_main
 
 if __name__ == "__main__":
     args = argument_parser(__doc__.splitlines()[0]).parse_args()
-    launch(
-        clipself_main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    launch_main(clipself_main, args)

@@ -8,10 +8,10 @@ or many GPUs/machines through Detectron2's ``launch``.
 """
 
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.engine import default_argument_parser, launch
+from detectron2.engine import default_argument_parser
 
 import ovdet_plugin  # noqa: F401  (registers the plugin)
-from ovdet_plugin.engine import OVDTrainer, setup_ovdet_cfg
+from ovdet_plugin.engine import OVDTrainer, launch_main, setup_ovdet_cfg
 
 
 def main(args):
@@ -29,11 +29,4 @@ def main(args):
 
 if __name__ == "__main__":
     args = default_argument_parser().parse_args()
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    launch_main(main, args)

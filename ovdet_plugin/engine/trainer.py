@@ -16,7 +16,7 @@ from functools import partial
 
 import torch
 from detectron2.data import build_detection_train_loader
-from detectron2.engine import DefaultTrainer, default_setup
+from detectron2.engine import DefaultTrainer, default_setup, launch
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 
 from ..config import get_ovdet_cfg
@@ -24,7 +24,7 @@ from ..data.vild_embeddings import OVDDatasetMapper
 from ..evaluation import build_ov_evaluator
 from ..modeling.backbone.utils import get_vit_lr_decay_rate
 
-__all__ = ["OVDTrainer", "build_ovdet_optimizer", "setup_ovdet_cfg"]
+__all__ = ["OVDTrainer", "build_ovdet_optimizer", "launch_main", "setup_ovdet_cfg"]
 
 # Parameters never weight-decayed: the learnable temperatures (F-VLM excludes t, METHODS 2.2).
 _NO_DECAY = {"inverse_temperature": {"weight_decay": 0.0}, "logit_scale": {"weight_decay": 0.0}}
@@ -93,3 +93,16 @@ def setup_ovdet_cfg(args):
     cfg.freeze()
     default_setup(cfg, args)
     return cfg
+
+
+def launch_main(main, args) -> None:
+    """Run ``main(args)`` through Detectron2's ``launch`` with the parsed ``--num-gpus``,
+    ``--num-machines``, ``--machine-rank`` and ``--dist-url`` (DDP; gloo without a GPU)."""
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
