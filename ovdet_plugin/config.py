@@ -117,6 +117,9 @@ def _add_roi_heads_config(cfg: CN) -> None:
     _C.MODEL.OVD.VILD = CN()
     # Weight w of the ViLD-image L1 distillation loss (0.5 for R50; 1.0/2.0 for R152, METHODS 1.4).
     _C.MODEL.OVD.VILD.DISTILL_WEIGHT = 0.5
+    # Factor on the ViLD-text classification loss when distilling; 0.0 trains ViLD-image alone
+    # (the paper's ablation row, METHODS 1.4). Box regression is kept either way.
+    _C.MODEL.OVD.VILD.TEXT_WEIGHT = 1.0
     # Precomputed distillation proposals used per image (max_num_rois, METHODS 1.4).
     _C.MODEL.OVD.VILD.MAX_PROPOSALS = 300
     # Folder of precomputed proposal embeddings (tools/precompute_vild_embeddings.py); a relative

@@ -78,3 +78,26 @@ def test_focal_gradient_flows_and_prefers_matching_pairs():
     g = x.grad
     assert (g.diagonal() < 0).all()  # raise positives
     assert (g - torch.diag(g.diagonal()) >= 0).all()  # lower negatives
+
+
+def test_multipositive_loss_is_softmax_loss_when_captions_differ_and_spreads_over_repeats():
+    from ovdet_plugin.pretraining.contrastive_losses import (
+        multipositive_softmax_loss,
+        softmax_contrastive_loss,
+    )
+
+    g = torch.Generator().manual_seed(0)
+    img = torch.nn.functional.normalize(torch.randn(5, 8, generator=g), dim=1)
+    txt = torch.nn.functional.normalize(torch.randn(5, 8, generator=g), dim=1)
+    scale = torch.tensor(10.0)
+    distinct = multipositive_softmax_loss(img, txt, scale, torch.arange(5))
+    assert torch.allclose(distinct, softmax_contrastive_loss(img, txt, scale))
+
+    # Pairs 0 and 1 share a caption: row 0's target is half on column 0, half on column 1.
+    ids = torch.tensor([0, 0, 1, 2, 3])
+    logits = scale * img @ txt.t()
+    target = torch.eye(5)
+    target[0, :2] = target[1, :2] = 0.5
+    i2t = -(target * logits.log_softmax(1)).sum(1).mean()
+    t2i = -(target * logits.t().log_softmax(1)).sum(1).mean()
+    assert torch.allclose(multipositive_softmax_loss(img, txt, scale, ids), 0.5 * (i2t + t2i))

@@ -54,6 +54,8 @@ def parse_args(argv=None):
     p.add_argument("--input", nargs="+", required=True, help="image files and/or folders")
     p.add_argument("--output", required=True, help="folder for the PNG pictures")
     p.add_argument("--confidence-threshold", type=float, default=0.3)
+    p.add_argument("--top-k", type=int, default=0, help="draw at most this many (0: all)")
+    p.add_argument("--scale", type=float, default=1.0, help="picture size / image size")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     return p.parse_args(argv)
 
@@ -76,7 +78,10 @@ def main(argv=None):
     for path in tqdm(images, desc="demo", unit="img", disable=len(images) < 2):
         image = read_image(path, format="BGR")
         instances = predictor(image)["instances"].to("cpu")
-        drawing = Visualizer(image[:, :, ::-1], metadata).draw_instance_predictions(instances)
+        if args.top_k > 0:  # highest scores first
+            instances = instances[instances.scores.argsort(descending=True)[: args.top_k]]
+        visualizer = Visualizer(image[:, :, ::-1], metadata, scale=args.scale)
+        drawing = visualizer.draw_instance_predictions(instances)
         out = os.path.join(args.output, os.path.splitext(os.path.basename(path))[0] + ".png")
         cv2.imwrite(out, drawing.get_image()[:, :, ::-1])
         logger.info("%s: %d detections -> %s", path, len(instances), out)

@@ -11,6 +11,7 @@ Detectron2 project (``tools/train_net.py`` is a thin wrapper around it):
   (``MODEL.OVD.BACKBONE.LR_DECAY_RATE``, RO-ViT / ViTDet), Detectron2's gradient clipping.
 """
 
+import json
 import os
 from functools import partial
 
@@ -18,13 +19,25 @@ import torch
 from detectron2.data import build_detection_train_loader
 from detectron2.engine import DefaultTrainer, default_setup, launch
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
+from detectron2.utils import comm
 
 from ..config import get_ovdet_cfg
 from ..data.vild_embeddings import OVDDatasetMapper
 from ..evaluation import build_ov_evaluator
 from ..modeling.backbone.utils import get_vit_lr_decay_rate
+from ..utils.atomic_io import atomic_write_path
 
-__all__ = ["OVDTrainer", "build_ovdet_optimizer", "launch_main", "setup_ovdet_cfg"]
+__all__ = [
+    "EVAL_RESULTS_FILE",
+    "OVDTrainer",
+    "build_ovdet_optimizer",
+    "launch_main",
+    "setup_ovdet_cfg",
+]
+
+# Written by OVDTrainer.test under OUTPUT_DIR: {dataset: {task: {metric: value}}} (or, for a single
+# test dataset, Detectron2's {task: {metric: value}}).
+EVAL_RESULTS_FILE = "eval_results.json"
 
 # Parameters never weight-decayed: the learnable temperatures (F-VLM excludes t, METHODS 2.2).
 _NO_DECAY = {"inverse_temperature": {"weight_decay": 0.0}, "logit_scale": {"weight_decay": 0.0}}
@@ -76,6 +89,17 @@ class OVDTrainer(DefaultTrainer):
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         return build_ov_evaluator(dataset_name, output_dir=output_folder)
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """Detectron2's evaluation, plus ``OUTPUT_DIR/eval_results.json`` (the returned metrics,
+        written atomically by the main process) for scripts that collect results."""
+        results = super().test(cfg, model, evaluators)
+        if comm.is_main_process() and results:
+            path = os.path.join(cfg.OUTPUT_DIR, EVAL_RESULTS_FILE)
+            with atomic_write_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+                json.dump(results, f, indent=1)
+        return results
 
     @classmethod
     def build_train_loader(cls, cfg):

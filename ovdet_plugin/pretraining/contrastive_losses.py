@@ -102,6 +102,32 @@ def softmax_contrastive_loss(
     return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels))
 
 
+def multipositive_softmax_loss(
+    image_features: torch.Tensor,
+    text_features: torch.Tensor,
+    logit_scale: torch.Tensor,
+    caption_ids: torch.Tensor,
+) -> torch.Tensor:
+    """Softmax contrastive loss for batches with repeated captions: the target of row i spreads
+    evenly over every j whose caption equals i's, instead of the diagonal alone (equal to
+    :func:`softmax_contrastive_loss` when all captions differ). Not in the papers; used for the
+    tiny generated-data pretraining, where a batch holds the same caption several times.
+
+    Args:
+        image_features, text_features: (B, D) L2-normalised embeddings.
+        logit_scale: scalar multiplier (already exponentiated).
+        caption_ids: (B,) integer id of each pair's caption string.
+    Returns:
+        mean over the two directions of the mean soft-target cross-entropy.
+    """
+    logits = logit_scale * image_features @ text_features.t()
+    same = (caption_ids[:, None] == caption_ids[None, :]).float()
+    target = same / same.sum(dim=1, keepdim=True)
+    i2t = -(target * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+    t2i = -(target * F.log_softmax(logits.t(), dim=1)).sum(dim=1).mean()
+    return 0.5 * (i2t + t2i)
+
+
 def gather_features(
     image_features: torch.Tensor, text_features: torch.Tensor
 ) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -49,6 +49,7 @@ class ViLDROIHeads(OVROIHeads):
         self,
         *,
         distill_weight: float = 0.5,
+        text_weight: float = 1.0,
         max_distill_proposals: int = 300,
         ensemble: bool = False,
         ensemble_weight: float = 2.0 / 3,
@@ -57,6 +58,8 @@ class ViLDROIHeads(OVROIHeads):
         """
         Args:
             distill_weight: w of w * L_image (0.5 for R50; 1.0 and 2.0 for R152, METHODS 1.4).
+            text_weight: factor on the ViLD-text classification loss; 0 trains ViLD-image alone
+                (the paper's ViLD-image row, Table 3: distillation loss only for the classifier).
             max_distill_proposals: distillation RoIs per image (``max_num_rois`` 300).
             ensemble: add the second (image) branch and the test-time ensemble (METHODS 1.6).
             ensemble_weight: lambda = 2/3 of the ensemble.
@@ -64,6 +67,7 @@ class ViLDROIHeads(OVROIHeads):
         """
         super().__init__(**kwargs)
         self.distill_weight = distill_weight
+        self.text_weight = float(text_weight)
         self.max_distill_proposals = max_distill_proposals
         self.ensemble = ensemble
         self.ensemble_weight = ensemble_weight
@@ -79,6 +83,7 @@ class ViLDROIHeads(OVROIHeads):
         ret.update(
             {
                 "distill_weight": v.DISTILL_WEIGHT,
+                "text_weight": v.TEXT_WEIGHT,
                 "max_distill_proposals": v.MAX_PROPOSALS,
                 "ensemble": v.ENSEMBLE,
                 "ensemble_weight": v.ENSEMBLE_WEIGHT,
@@ -136,6 +141,7 @@ class ViLDROIHeads(OVROIHeads):
             predictions = self.box_predictor(head[is_sampled])
             student = self.box_predictor.embed(head[~is_sampled])
         losses = self.box_predictor.losses(predictions, proposals)
+        losses["loss_cls"] = self.text_weight * losses["loss_cls"]
         losses["loss_vild_image"] = self.distill_weight * vild_distillation_loss(student, teacher)
         return losses
 

@@ -1,0 +1,216 @@
+"""Ablations of the generated-data benchmark (``make benchmark-synthetic``): the directions each
+paper claims, measured on the generated data, as one table.
+
+- headline rows (the four methods) over 3 seeds (detector and CLIPSelf seed; same data and tiny
+  CLIP): mean and spread (population standard deviation);
+- F-VLM, F-ViT, RO-ViT detector-only vs fused (every run of a fused method is evaluated both ways);
+- ViLD-text vs ViLD-image vs ViLD (text + image, one branch) vs ViLD-ensemble;
+- F-ViT without vs with CLIPSelf;
+- RO-ViT pretraining: without vs with the cropped positional embedding, softmax vs focal loss
+  (each tiny CLIP pretrained for ``pretrain_steps``, then the RO-ViT detector on it);
+- RO-ViT with a frozen vs fine-tuned backbone.
+
+Every row is a run of ``tools/run_synthetic_benchmark.py`` in its own folder under
+``<out>/ablations/`` (so each is reused when done); up to ``jobs`` run at once, one torch thread
+each. The table goes to ``<out>/ablations.md`` and ``<out>/ablations.json``.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from typing import Callable, Dict, List, Sequence
+
+from ..utils.atomic_io import atomic_write_path
+from .synthetic_benchmark import METHODS, PRETRAIN_VARIANTS, REPO_ROOT, BenchmarkSize
+
+__all__ = ["run_ablations", "ablation_jobs", "format_ablations_markdown"]
+
+
+def ablation_jobs(
+    clip_path: str, seeds: Sequence[int], pretrain_steps: int, size_name: str
+) -> Dict[str, List[str]]:
+    """name -> arguments of ``tools/run_synthetic_benchmark.py`` (without --output)."""
+    common = ["--size", size_name, "--threads", "1"]
+    jobs = {}
+    for seed in seeds:
+        if seed != 0:  # seed 0 is the main run
+            jobs[f"seed{seed}"] = common + ["--seed", str(seed), "--clip-checkpoint", clip_path]
+    jobs["methods"] = common + [
+        "--clip-checkpoint", clip_path,
+        "--methods", "vild_text,vild_image,vild_text_image,fvit_no_clipself,rovit_frozen",
+    ]  # fmt: skip
+    for variant in PRETRAIN_VARIANTS:
+        jobs[f"pretrain_{variant}"] = common + [
+            "--from-scratch", "--pretrain-variant", variant,
+            "--pretrain-steps", str(pretrain_steps), "--methods", "rovit",
+        ]  # fmt: skip
+    return jobs
+
+
+def run_ablations(
+    out_dir: str,
+    size: BenchmarkSize,
+    clip_path: str,
+    *,
+    size_name: str = "default",
+    seeds: Sequence[int] = (0, 1, 2),
+    pretrain_steps: int = 3000,
+    jobs: int = 2,
+    log: Callable[[str], None] = print,
+) -> Dict:
+    """Run the ablation jobs (see the module docstring) and write the table; returns it."""
+    pretrain_steps = min(pretrain_steps, size.pretrain_steps)  # never longer than the main run
+    root = os.path.join(os.path.abspath(out_dir), "ablations")
+    os.makedirs(root, exist_ok=True)
+    todo = ablation_jobs(clip_path, seeds, pretrain_steps, size_name)
+    tool = os.path.join(REPO_ROOT, "tools", "run_synthetic_benchmark.py")
+    running: Dict[str, subprocess.Popen] = {}
+    pending = list(todo)
+    failed = []
+    start = time.perf_counter()
+    while pending or running:
+        while pending and len(running) < jobs:
+            name = pending.pop(0)
+            folder = os.path.join(root, name)
+            os.makedirs(folder, exist_ok=True)
+            log_file = open(os.path.join(folder, "run.log"), "w", encoding="utf-8")
+            cmd = [sys.executable, tool, "--output", folder, *todo[name]]
+            log(f"ablation {name}: started ({' '.join(todo[name])}; log {folder}/run.log)")
+            running[name] = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT)
+            running[name].log_file = log_file  # closed when the job ends
+        time.sleep(2)
+        for name, proc in list(running.items()):
+            if proc.poll() is not None:
+                proc.log_file.close()
+                del running[name]
+                took = time.perf_counter() - start
+                if proc.returncode:
+                    failed.append(name)
+                    log(f"ablation {name}: FAILED (exit {proc.returncode}), see its run.log")
+                else:
+                    log(f"ablation {name}: done ({took:.0f} s since the ablations started)")
+    table = collect_ablations(out_dir, seeds)
+    table["failed"] = failed
+    table["seconds"] = time.perf_counter() - start
+    with atomic_write_path(os.path.join(out_dir, "ablations.json")) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(table, f, indent=1)
+    with atomic_write_path(os.path.join(out_dir, "ablations.md")) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(format_ablations_markdown(table))
+    log(f"ablations: {os.path.join(out_dir, 'ablations.md')}")
+    if failed:
+        raise RuntimeError(f"Ablation jobs failed: {failed}; see their run.log files in {root}")
+    return table
+
+
+def _load(path: str):
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _mean_std(values: List[float]) -> Dict[str, float]:
+    m = sum(values) / len(values)
+    return {"mean": m, "std": math.sqrt(sum((v - m) ** 2 for v in values) / len(values))}
+
+
+def collect_ablations(out_dir: str, seeds: Sequence[int]) -> Dict:
+    """The table from the runs' results.json files (missing runs are left out)."""
+    root = os.path.join(out_dir, "ablations")
+    runs = {0: _load(os.path.join(out_dir, "results.json"))}
+    for seed in seeds:
+        if seed != 0:
+            runs[seed] = _load(os.path.join(root, f"seed{seed}", "results.json"))
+    headline = {}
+    for key, method in METHODS.items():
+        per_seed = {s: r["methods"][key] for s, r in runs.items() if r and key in r["methods"]}
+        if not per_seed:
+            continue
+        row = {"title": method.title, "seeds": sorted(per_seed)}
+        for metric in ("AP", "APr", "APc", "APf"):
+            row[metric] = _mean_std([rec["fused"][metric] for rec in per_seed.values()])
+        if method.fused:
+            row["APr_detector_only"] = _mean_std(
+                [rec["detector_only"]["APr"] for rec in per_seed.values()]
+            )
+        headline[key] = row
+    single = {}
+    main = runs.get(0)
+    extra = _load(os.path.join(root, "methods", "results.json"))
+    for source in (main, extra):
+        for key, rec in ((source or {}).get("methods") or {}).items():
+            single[key] = rec
+    pretrain = {}
+    for variant in PRETRAIN_VARIANTS:
+        r = _load(os.path.join(root, f"pretrain_{variant}", "results.json"))
+        if r:
+            pretrain[variant] = {
+                "zero_shot": r["clip"]["zero_shot"],
+                "rovit": r["methods"]["rovit"],
+            }
+    return {"headline": headline, "single_seed": single, "pretraining": pretrain}
+
+
+def _fmt(ms: Dict[str, float]) -> str:
+    return f"{ms['mean']:.1f} ± {ms['std']:.1f}"
+
+
+def format_ablations_markdown(table: Dict) -> str:
+    lines = ["# Ablations on the generated data", ""]
+    h = table["headline"]
+    if h:
+        n = max(len(r["seeds"]) for r in h.values())
+        lines += [
+            f"Headline rows: mean ± standard deviation over {n} seeds (box AP %, LVISEvaluator).",
+            "",
+            "| method | AP | APr | APc | APf | APr detector only |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in h.values():
+            only = _fmt(r["APr_detector_only"]) if "APr_detector_only" in r else "-"
+            lines.append(
+                f"| {r['title']} | {_fmt(r['AP'])} | {_fmt(r['APr'])} | {_fmt(r['APc'])} | "
+                f"{_fmt(r['APf'])} | {only} |"
+            )
+        lines.append("")
+    s = table["single_seed"]
+    if s:
+        lines += [
+            "Single seed (0): method variants.",
+            "",
+            "| run | AP | APr | APc | APf | APr detector only |",
+            "|---|---|---|---|---|---|",
+        ]
+        for rec in s.values():
+            r = rec["fused"]
+            only = f"{rec['detector_only']['APr']:.1f}" if "detector_only" in rec else "-"
+            lines.append(
+                f"| {rec['title']} | {r['AP']:.1f} | {r['APr']:.1f} | {r['APc']:.1f} | "
+                f"{r['APf']:.1f} | {only} |"
+            )
+        lines.append("")
+    p = table["pretraining"]
+    if p:
+        lines += [
+            "RO-ViT pretraining variants (shorter pretraining than the main run), then the RO-ViT "
+            "detector on each.",
+            "",
+            "| pretraining | zero-shot rare | zero-shot all | AP | APr | APc | APf |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        names = {"softmax": "softmax", "cpe_softmax": "CPE + softmax", "cpe_focal": "CPE + focal"}
+        for variant, rec in p.items():
+            z, r = rec["zero_shot"], rec["rovit"]["fused"]
+            lines.append(
+                f"| {names[variant]} | {z['r']:.1f} | {z['all']:.1f} | {r['AP']:.1f} | "
+                f"{r['APr']:.1f} | {r['APc']:.1f} | {r['APf']:.1f} |"
+            )
+        lines.append("")
+    if table.get("failed"):
+        lines += [f"Failed jobs: {', '.join(table['failed'])}.", ""]
+    return "\n".join(lines)

@@ -1,0 +1,733 @@
+"""The end-to-end benchmark on the generated dataset (``tools/run_synthetic_benchmark.py``,
+``make demo``, ``make benchmark-synthetic``).
+
+Steps, each in its own folder under the output directory:
+
+1. ``data``: :func:`~ovdet_plugin.data.synthetic.generate_synthetic_dataset` (detection splits and
+   the caption images for pretraining), registered as ``ovdet_synthetic_*`` through
+   ``DETECTRON2_DATASETS=<out>/datasets``.
+2. ``clip``: the tiny CLIP. Either the checkpoint the project ships (made by step 2's own code,
+   its command and seed in its ``.json`` record) or, with ``from_scratch``, pretrained here
+   (:mod:`ovdet_plugin.pretraining.in_memory`). Its zero-shot crop accuracy on the val objects is
+   the benchmark's first figure.
+3. ``clipself``: CLIPSelf adaptation of the tiny CLIP (``tools/train_clipself.py``).
+4. one step per detector, trained on the base classes with ``tools/train_net.py`` and a config of
+   ``configs/synthetic/``, evaluated by the stock ``LVISEvaluator`` (AP, APr, APc, APf); a fused
+   method is evaluated a second time with ``MODEL.OVD.FUSION.RULE ""`` (detector only). ViLD's
+   distillation targets are precomputed first (``tools/precompute_vild_embeddings.py``, with the
+   proposals of the F-VLM detector's RPN, trained on base classes).
+5. ``pictures``: ``tools/demo.py`` (Detectron2's ``Visualizer``) on a few val images with a typed
+   vocabulary.
+6. ``results.json`` / ``results.md``.
+
+A step is skipped when its folder holds a ``step.json`` whose key (the step's settings, the
+configs' contents and the digests of its inputs) equals the current one; its outputs are then
+reused. Everything is written atomically or into the step folder before ``step.json``, so a
+killed run resumes at the step it was in.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import Callable, Dict, List, Optional, Sequence
+
+from ..utils.atomic_io import atomic_write_path
+
+__all__ = [
+    "BenchmarkSize",
+    "METHODS",
+    "SIZES",
+    "SHIPPED_CLIP",
+    "SyntheticBenchmark",
+    "load_step",
+]
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CONFIG_DIR = os.path.join(REPO_ROOT, "configs", "synthetic")
+TOOLS_DIR = os.path.join(REPO_ROOT, "tools")
+# The tiny CLIP this project pretrained on the generated data (see its .json record).
+SHIPPED_CLIP = os.path.join(REPO_ROOT, "benchmarks", "checkpoints", "tiny_clip_synthetic.pt")
+CLIP_MODEL_NAME = "ovdet-tiny-vit-avg"
+
+# Pretraining recipes (``benchmarks/pretrain_tiny_clip.py`` options), all with global average
+# pooling (the tiny model's "avg" pool, RO-ViT's GAP) and plain captions. "softmax" made the
+# shipped checkpoint (the best of the runs in benchmarks/ZERO_SHOT_NOTES.md); "cpe_softmax" and
+# "cpe_focal" add RO-ViT's cropped positional embedding and then its focal loss (ablation rows).
+PRETRAIN_VARIANTS = {
+    "softmax": ["--loss", "multipos"],
+    "cpe_softmax": ["--loss", "multipos", "--cpe"],
+    # Focal loss (alpha 0.5, gamma 1) with a SigLIP-style learnable bias (-10, scale 10):
+    # open_clip's CLIP has none, and without one the loss did not train (ZERO_SHOT_NOTES.md).
+    "cpe_focal": ["--loss", "focal", "--cpe", "--logit-bias", "-10", "--init-scale", "10"],
+}
+DEFAULT_PRETRAIN_VARIANT = "softmax"
+
+
+@dataclass(frozen=True)
+class BenchmarkSize:
+    """Every size of a run. ``default`` fits about 15 minutes on a 2-core CPU (with the shipped
+    tiny CLIP); ``smoke`` is the test suite's run."""
+
+    num_train: int = 1000
+    num_val: int = 200
+    num_pretrain: int = 8000
+    # Caption images: one big object each (benchmarks/ZERO_SHOT_NOTES.md: small objects hurt).
+    pretrain_max_objects: int = 1
+    pretrain_size_range: Sequence[float] = (0.6, 0.95)
+    pretrain_steps: int = 10000
+    pretrain_batch: int = 64
+    pretrain_lr: float = 2e-3
+    clipself_iters: int = 150
+    clipself_batch: int = 16
+    detector_iters: int = 300
+    detector_batch: int = 8
+    vild_proposals: int = 50
+    num_pictures: int = 4
+
+    def data_overrides(self, seed: int) -> Dict:
+        return {
+            "seed": seed,
+            "num_train": self.num_train,
+            "num_val": self.num_val,
+            "num_pretrain": self.num_pretrain,
+            "pretrain_max_objects": self.pretrain_max_objects,
+            "pretrain_size_range": tuple(self.pretrain_size_range),
+        }
+
+
+SIZES = {
+    "default": BenchmarkSize(),
+    "smoke": BenchmarkSize(
+        num_train=16,
+        num_val=4,
+        num_pretrain=32,
+        pretrain_steps=6,
+        pretrain_batch=16,
+        clipself_iters=2,
+        clipself_batch=2,
+        detector_iters=3,
+        detector_batch=2,
+        vild_proposals=8,
+        num_pictures=1,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Method:
+    """A detector of the benchmark: its config, whether it fuses a VLM score (then it is also
+    evaluated detector-only), what it needs, and extra config overrides."""
+
+    key: str
+    title: str
+    config: str
+    fused: bool
+    backbone: str = "clip"  # "clip": the pretrained tiny CLIP; "clipself": step 3's export
+    vild: bool = False
+    opts: List[str] = field(default_factory=list)
+
+
+METHODS = {
+    "fvlm": Method("fvlm", "F-VLM", "fvlm.yaml", fused=True),
+    "vild": Method("vild", "ViLD (ensemble)", "vild.yaml", fused=False, vild=True),
+    "fvit": Method(
+        "fvit", "F-ViT + CLIPSelf", "fvit_clipself.yaml", fused=True, backbone="clipself"
+    ),
+    "rovit": Method("rovit", "RO-ViT", "rovit.yaml", fused=True),
+}
+# Ablation rows of ``make benchmark-synthetic`` (METHODS 1-4: the directions the papers claim).
+ABLATIONS = {
+    "vild_text": Method(
+        "vild_text",
+        "ViLD-text",
+        "vild.yaml",
+        fused=False,
+        opts=["MODEL.OVD.VILD.ENSEMBLE", "False"],
+    ),
+    "vild_image": Method(
+        "vild_image",
+        "ViLD-image",
+        "vild.yaml",
+        fused=False,
+        vild=True,
+        opts=["MODEL.OVD.VILD.ENSEMBLE", "False", "MODEL.OVD.VILD.TEXT_WEIGHT", "0.0"],
+    ),
+    "vild_text_image": Method(
+        "vild_text_image",
+        "ViLD (text + image, one branch)",
+        "vild.yaml",
+        fused=False,
+        vild=True,
+        opts=["MODEL.OVD.VILD.ENSEMBLE", "False"],
+    ),
+    "fvit_no_clipself": Method(
+        "fvit_no_clipself", "F-ViT without CLIPSelf", "fvit_clipself.yaml", True
+    ),
+    "rovit_frozen": Method(
+        "rovit_frozen",
+        "RO-ViT, frozen backbone",
+        "rovit.yaml",
+        fused=True,
+        opts=["MODEL.OVD.BACKBONE.FREEZE", "True", "MODEL.OVD.VLM_SCORER.FROZEN_COPY", "False"],
+    ),
+}
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _config_digest(name: str) -> str:
+    """Digest of a config of configs/synthetic and every file it inherits from (_BASE_)."""
+    h = hashlib.sha256()
+    path = os.path.join(CONFIG_DIR, name)
+    while path:
+        with open(path, "rb") as f:
+            text = f.read()
+        h.update(text)
+        base = next(
+            (ln.split(":", 1)[1].strip().strip("\"'") for ln in text.decode().splitlines()
+             if ln.startswith("_BASE_:")),
+            None,
+        )  # fmt: skip
+        path = os.path.normpath(os.path.join(os.path.dirname(path), base)) if base else ""
+    return h.hexdigest()[:16]
+
+
+def _write_json(path: str, obj) -> None:
+    with atomic_write_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=1, sort_keys=True)
+
+
+def load_step(folder: str) -> Optional[Dict]:
+    """A step folder's ``step.json`` (``{"key", "record", "seconds"}``), None if absent."""
+    path = os.path.join(folder, "step.json")
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None  # a corrupt stamp: the step runs again
+
+
+def _bbox(results: Dict) -> Dict[str, float]:
+    """AP, APr, APc, APf (percent) from Detectron2's results dict (one test dataset)."""
+    if "bbox" not in results and len(results) == 1:
+        results = next(iter(results.values()))
+    box = results["bbox"]
+    return {k: float(box[k]) for k in ("AP", "AP50", "APr", "APc", "APf")}
+
+
+class SyntheticBenchmark:
+    """Runs the steps (see the module docstring) into ``out_dir``.
+
+    Args:
+        out_dir: output folder (the run's steps, results.json, results.md, pictures/).
+        size: a :class:`BenchmarkSize` (``SIZES[name]``).
+        seed: data, pretraining and detector seed.
+        from_scratch: pretrain the tiny CLIP here instead of using the shipped checkpoint.
+        pretrain_variant: a key of :data:`PRETRAIN_VARIANTS` (with ``from_scratch``).
+        data_seed: the generator's seed (default: ``seed``).
+        clip_checkpoint: use this tiny CLIP checkpoint instead (an open_clip state dict of
+            ``ovdet-tiny-vit-avg``); overrides ``from_scratch``.
+        methods: keys of :data:`METHODS` (and :data:`ABLATIONS`) to train.
+        threads: torch threads of every process (0: torch's default).
+        log: where progress lines go.
+    """
+
+    def __init__(
+        self,
+        out_dir: str,
+        size: BenchmarkSize = SIZES["default"],
+        *,
+        seed: int = 0,
+        from_scratch: bool = False,
+        clip_checkpoint: str = "",
+        methods: Sequence[str] = tuple(METHODS),
+        data_seed: Optional[int] = None,
+        pretrain_variant: str = DEFAULT_PRETRAIN_VARIANT,
+        threads: int = 0,
+        log: Callable[[str], None] = print,
+    ):
+        table = {**METHODS, **ABLATIONS}
+        unknown = [m for m in methods if m not in table]
+        if unknown:
+            raise ValueError(f"Unknown methods {unknown}; known: {sorted(table)}")
+        self.out_dir = os.path.abspath(out_dir)
+        self.size = size
+        self.seed = int(seed)
+        self.data_seed = self.seed if data_seed is None else int(data_seed)
+        self.from_scratch = from_scratch
+        if pretrain_variant not in PRETRAIN_VARIANTS:
+            raise ValueError(
+                f"Unknown pretraining variant {pretrain_variant!r}; "
+                f"known: {list(PRETRAIN_VARIANTS)}"
+            )
+        self.pretrain_variant = pretrain_variant
+        self.clip_checkpoint = clip_checkpoint
+        self.methods = [table[m] for m in methods]
+        self.threads = threads
+        self.log = log
+        self.datasets_root = os.path.join(self.out_dir, "datasets")
+        self.data_dir = os.path.join(self.datasets_root, "ovdet_synthetic")
+        self.timings: Dict[str, float] = {}
+        self._step_index = 0
+        self._num_steps = 4 + len(self.methods) + (1 if any(m.vild for m in self.methods) else 0)
+
+    # ------------------------------------------------------------------ step machinery
+    def _step(self, name: str, key: Dict, run: Callable[[str], Dict]) -> Dict:
+        """Run ``run(folder)`` unless ``folder/step.json`` holds the same key; return the record."""
+        key = json.loads(json.dumps(key))  # as step.json stores it (tuples -> lists)
+        self._step_index += 1
+        tag = f"[{self._step_index}/{self._num_steps}] {name}"
+        folder = os.path.join(self.out_dir, name)
+        done = load_step(folder)
+        if done is not None and done.get("key") == key:
+            self.log(f"{tag}: reused (done before in {done['seconds']:.0f} s)")
+            self.timings[name] = 0.0
+            return done["record"]
+        if os.path.isdir(folder):
+            shutil.rmtree(folder)  # a different key or an unfinished run: start the step afresh
+        os.makedirs(folder)
+        self.log(f"{tag}: running ...")
+        start = time.perf_counter()
+        record = run(folder)
+        seconds = time.perf_counter() - start
+        _write_json(
+            os.path.join(folder, "step.json"), {"key": key, "record": record, "seconds": seconds}
+        )
+        self.timings[name] = seconds
+        self.log(f"{tag}: done in {seconds:.0f} s")
+        return record
+
+    def _env(self) -> Dict[str, str]:
+        env = dict(os.environ, DETECTRON2_DATASETS=self.datasets_root)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO_ROOT, env.get("PYTHONPATH", "")]))
+        if self.threads:
+            env["OMP_NUM_THREADS"] = str(self.threads)
+        return env
+
+    def _run_tool(self, folder: str, log_name: str, args: List[str]) -> None:
+        """Run ``python tools/<args>`` with its output in ``folder/<log_name>``; on failure raise
+        with the log's end."""
+        log_path = os.path.join(folder, log_name)
+        cmd = [sys.executable, os.path.join(TOOLS_DIR, args[0]), *args[1:]]
+        with open(log_path, "w", encoding="utf-8") as log:
+            log.write(" ".join(cmd) + "\n")
+            log.flush()
+            proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=self._env())
+        if proc.returncode != 0:
+            with open(log_path, encoding="utf-8", errors="replace") as f:
+                tail = f.read()[-3000:]
+            raise RuntimeError(
+                f"{args[0]} failed (exit {proc.returncode}); log {log_path}:\n{tail}"
+            )
+
+    # ------------------------------------------------------------------ steps
+    def run(self) -> Dict:
+        """Run every step; returns the results (also written to results.json / results.md)."""
+        os.makedirs(self.out_dir, exist_ok=True)
+        start = time.perf_counter()
+        data = self._step("data", {"data": self.size.data_overrides(self.data_seed)}, self._data)
+        clip = self._clip_step(data)
+        need_clipself = any(m.backbone == "clipself" for m in self.methods)
+        clipself = self._clipself_step(clip) if need_clipself else None
+        if not need_clipself:
+            self._num_steps -= 1
+        results: Dict[str, Dict] = {}
+        vild_dir = ""
+        for method in self.methods:
+            if method.vild and not vild_dir:
+                vild_dir = self._vild_step(clip, results)
+            results[method.key] = self._detector_step(method, clip, clipself, vild_dir)
+        pictures = self._pictures_step(clip, clipself, results)
+        total = time.perf_counter() - start
+        report = {
+            "machine": _machine(),
+            "date": time.strftime("%Y-%m-%d"),
+            "commit": _commit(),
+            "size": asdict(self.size),
+            "seed": self.seed,
+            "data_seed": self.data_seed,
+            "clip": clip,
+            "methods": results,
+            "pictures": pictures,
+            "step_seconds": self.timings,
+            "total_seconds": total,
+        }
+        _write_json(os.path.join(self.out_dir, "results.json"), report)
+        with atomic_write_path(os.path.join(self.out_dir, "results.md")) as tmp:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(format_results_markdown(report))
+        self.log(f"results: {os.path.join(self.out_dir, 'results.md')} ({total:.0f} s in all)")
+        return report
+
+    def _data(self, folder: str) -> Dict:
+        from ..data.synthetic.generator import generate_synthetic_dataset
+
+        meta = generate_synthetic_dataset(
+            self.data_dir,
+            overwrite=True,
+            progress=False,
+            **self.size.data_overrides(self.data_seed),
+        )
+        with open(os.path.join(folder, "meta.json"), "w", encoding="utf-8") as f:
+            json.dump(meta, f, indent=1)
+        groups: Dict[str, int] = {}
+        for c in meta["categories"]:
+            groups[c["frequency"]] = groups.get(c["frequency"], 0) + 1
+        return {"dir": self.data_dir, "categories_per_group": groups}
+
+    def _clip_step(self, data: Dict) -> Dict:
+        if self.clip_checkpoint:
+            source = {"checkpoint": os.path.abspath(self.clip_checkpoint)}
+        elif self.from_scratch:
+            source = {
+                "pretrain": {
+                    "variant": self.pretrain_variant,
+                    "steps": self.size.pretrain_steps,
+                    "batch": self.size.pretrain_batch,
+                    "lr": self.size.pretrain_lr,
+                    "seed": self.seed,
+                }
+            }
+        else:
+            if not os.path.isfile(SHIPPED_CLIP):
+                raise FileNotFoundError(
+                    f"The shipped tiny CLIP {SHIPPED_CLIP} is missing (a partial checkout?). "
+                    "Restore it with git, or pretrain one here with --from-scratch."
+                )
+            source = {"checkpoint": SHIPPED_CLIP}
+        if "checkpoint" in source:
+            source["sha256"] = _sha256(source["checkpoint"])
+        key = {"data": self.size.data_overrides(self.data_seed), "source": source}
+        return self._step("clip", key, lambda folder: self._clip(folder, source))
+
+    def _clip(self, folder: str, source: Dict) -> Dict:
+        from ..clip import build_clip_model, get_clip_tokenizer
+        from ..evaluation.zero_shot_crops import load_crops, zero_shot_accuracy
+
+        path = os.path.join(folder, "tiny_clip.pt")
+        if "checkpoint" in source:
+            expected = _shipped_sha256(source["checkpoint"])
+            if expected and expected != source["sha256"]:
+                raise ValueError(
+                    f"{source['checkpoint']} does not match the sha256 in its .json record "
+                    f"({source['sha256'][:12]} vs {expected[:12]}): the file is corrupt or was "
+                    "replaced. Restore it with git, or pretrain one with --from-scratch."
+                )
+            shutil.copyfile(source["checkpoint"], path)
+            record: Dict = {"source": source["checkpoint"]}
+        else:
+            from ..pretraining.in_memory import build_argument_parser, pretrain_in_memory
+
+            p = source["pretrain"]
+            argv = pretrain_command(
+                self.data_dir, path, p["steps"], p["batch"], p["lr"], p["seed"], p["variant"]
+            )
+            args = build_argument_parser().parse_args(argv)
+            args.threads = self.threads or args.threads
+            args.log = os.path.join(folder, "pretrain_log.json")
+            self.log("    pretraining the tiny CLIP: " + " ".join(argv))
+            pretrain_in_memory(args)
+            record = {"source": "pretrained here", "command": argv}
+        model = build_clip_model(CLIP_MODEL_NAME, path)
+        size = model.visual.image_size
+        crops = load_crops(self.data_dir, size if isinstance(size, int) else size[0])
+        acc = zero_shot_accuracy(model, get_clip_tokenizer(CLIP_MODEL_NAME), crops)
+        record.update(path=path, zero_shot=acc)
+        self.log(
+            f"    zero-shot crop accuracy: rare {acc['r']:.1f}%, common {acc['c']:.1f}%, "
+            f"frequent {acc['f']:.1f}%, all {acc['all']:.1f}% ({acc['n_all']} val crops)"
+        )
+        return record
+
+    def _clipself_step(self, clip: Dict) -> Dict:
+        s = self.size
+        opts = [
+            "MODEL.OVD.CLIP.PRETRAINED", clip["path"],
+            "SOLVER.MAX_ITER", str(s.clipself_iters),
+            "SOLVER.IMS_PER_BATCH", str(s.clipself_batch),
+            "SOLVER.WARMUP_ITERS", str(min(10, s.clipself_iters)),
+            "SEED", str(self.seed),
+        ]  # fmt: skip
+        key = {
+            "clip": _file_digest(clip["path"]),
+            "config": _config_digest("clipself.yaml"),
+            "opts": opts,
+        }
+
+        def run(folder: str) -> Dict:
+            self._run_tool(
+                folder,
+                "log.txt",
+                ["train_clipself.py", "--config-file", os.path.join(CONFIG_DIR, "clipself.yaml"),
+                 *opts, "OUTPUT_DIR", folder],
+            )  # fmt: skip
+            path = os.path.join(folder, "clipself_final.pt")
+            if not os.path.isfile(path):
+                raise RuntimeError(f"CLIPSelf wrote no {path}")
+            return {"path": path}
+
+        return self._step("clipself", key, run)
+
+    def _vild_step(self, clip: Dict, results: Dict) -> str:
+        """ViLD's distillation targets: proposals of the F-VLM detector's RPN (trained on base
+        classes), embedded by the tiny CLIP. Returns the embeddings folder."""
+        if "fvlm" not in results:
+            results["fvlm"] = self._detector_step(METHODS["fvlm"], clip, None, "")
+            self._num_steps += 1
+        rpn = results["fvlm"]["weights"]
+        opts = [
+            "--config-file", os.path.join(CONFIG_DIR, "fvlm.yaml"),
+            "--dataset", "ovdet_synthetic_train",
+            "--clip-model", CLIP_MODEL_NAME,
+            "--clip-pretrained", clip["path"],
+            "--max-proposals", str(self.size.vild_proposals),
+        ]  # fmt: skip
+        key = {"rpn": _file_digest(rpn), "clip": _file_digest(clip["path"]), "opts": opts}
+
+        def run(folder: str) -> Dict:
+            out = os.path.join(folder, "embeddings")
+            self._run_tool(
+                folder,
+                "log.txt",
+                ["precompute_vild_embeddings.py", *opts, "--output", out,
+                 "MODEL.WEIGHTS", rpn, "MODEL.OVD.CLIP.PRETRAINED", clip["path"]],
+            )  # fmt: skip
+            return {"dir": out}
+
+        return self._step("vild_embeddings", key, run)["dir"]
+
+    def _detector_opts(self, method: Method, clip: Dict, clipself: Optional[Dict], vild_dir: str):
+        s = self.size
+        opts = [
+            "MODEL.OVD.CLIP.PRETRAINED", clip["path"],
+            "SOLVER.MAX_ITER", str(s.detector_iters),
+            "SOLVER.STEPS", f"({int(s.detector_iters * 0.8)},)",
+            "SOLVER.WARMUP_ITERS", str(min(50, s.detector_iters)),
+            "SOLVER.IMS_PER_BATCH", str(s.detector_batch),
+            "SEED", str(self.seed),
+        ]  # fmt: skip
+        if method.backbone == "clipself":
+            opts += ["MODEL.OVD.BACKBONE.PRETRAINED", clipself["path"]]
+        if method.vild:
+            opts += ["MODEL.OVD.VILD.EMBEDDINGS_DIR", vild_dir]
+        return opts + list(method.opts)
+
+    def _detector_step(self, method: Method, clip: Dict, clipself, vild_dir: str) -> Dict:
+        opts = self._detector_opts(method, clip, clipself, vild_dir)
+        inputs = [clip["path"]] + ([clipself["path"]] if method.backbone == "clipself" else [])
+        key = {
+            "config": _config_digest(method.config),
+            "opts": opts,
+            "inputs": [_file_digest(p) for p in inputs],
+            "vild": _dir_digest(vild_dir) if method.vild else "",
+        }
+        config = os.path.join(CONFIG_DIR, method.config)
+
+        def run(folder: str) -> Dict:
+            self._run_tool(
+                folder, "train.log",
+                ["train_net.py", "--config-file", config, *opts, "OUTPUT_DIR", folder],
+            )  # fmt: skip
+            record = {"title": method.title, "fused": _bbox(_read_results(folder))}
+            weights = os.path.join(folder, "model_final.pth")
+            record["weights"] = weights
+            if method.fused:
+                only = os.path.join(folder, "detector_only")
+                self._run_tool(
+                    folder, "eval_detector_only.log",
+                    ["train_net.py", "--config-file", config, "--eval-only", *opts,
+                     "MODEL.WEIGHTS", weights, "MODEL.OVD.FUSION.RULE", "", "OUTPUT_DIR", only],
+                )  # fmt: skip
+                record["detector_only"] = _bbox(_read_results(only))
+            r = record["fused"]
+            self.log(
+                f"    {method.title}: AP {r['AP']:.1f}  APr {r['APr']:.1f}  APc {r['APc']:.1f}  "
+                f"APf {r['APf']:.1f}"
+                + (f"  (detector only APr {record['detector_only']['APr']:.1f})"
+                   if method.fused else "")
+            )  # fmt: skip
+            return record
+
+        return self._step(method.key, key, run)
+
+    def _pictures_step(self, clip: Dict, clipself, results: Dict) -> Dict:
+        """Visualizer pictures of val images holding a rare category, with a typed vocabulary:
+        the names of their objects plus two absent kinds, for the method with the best APr."""
+        best = max(results, key=lambda k: results[k]["fused"]["APr"])
+        method = {**METHODS, **ABLATIONS}[best]
+        images, vocabulary = _picture_inputs(self.data_dir, self.size.num_pictures)
+        opts = self._detector_opts(method, clip, clipself, "")
+        key = {"method": best, "weights": _file_digest(results[best]["weights"]), "images": images,
+               "vocabulary": vocabulary, "opts": opts}  # fmt: skip
+
+        def run(folder: str) -> Dict:
+            self._run_tool(
+                folder, "demo.log",
+                ["demo.py", "--config-file", os.path.join(CONFIG_DIR, method.config),
+                 "--vocabulary", ", ".join(vocabulary), "--input", *images,
+                 "--output", folder, "--confidence-threshold", "0.05", "--top-k", "6",
+                 "--scale", "4",
+                 *opts, "MODEL.WEIGHTS", results[best]["weights"]],
+            )  # fmt: skip
+            pngs = sorted(f for f in os.listdir(folder) if f.endswith(".png"))
+            return {"method": best, "vocabulary": vocabulary, "files": pngs, "dir": folder}
+
+        return self._step("pictures", key, run)
+
+
+def pretrain_command(
+    data_dir: str,
+    out: str,
+    steps: int,
+    batch: int,
+    lr: float,
+    seed: int,
+    variant: str = DEFAULT_PRETRAIN_VARIANT,
+) -> List[str]:
+    """The arguments of ``benchmarks/pretrain_tiny_clip.py`` that pretrain the benchmark's tiny
+    CLIP (plain captions, as benchmarks/ZERO_SHOT_NOTES.md found best, plus the variant's)."""
+    if variant not in PRETRAIN_VARIANTS:
+        raise ValueError(
+            f"Unknown pretraining variant {variant!r}; known: {list(PRETRAIN_VARIANTS)}"
+        )
+    return [
+        "--dataset", data_dir, "--model-name", CLIP_MODEL_NAME, "--plain-captions",
+        *PRETRAIN_VARIANTS[variant],
+        "--steps", str(steps), "--batch-size", str(batch), "--lr", str(lr),
+        "--seed", str(seed), "--out", out,
+    ]  # fmt: skip
+
+
+def _shipped_sha256(checkpoint: str) -> str:
+    record = os.path.splitext(checkpoint)[0] + ".json"
+    if not os.path.isfile(record):
+        return ""
+    with open(record, encoding="utf-8") as f:
+        return json.load(f).get("sha256", "")
+
+
+def _file_digest(path: str) -> str:
+    st = os.stat(path)
+    return f"{os.path.basename(path)}:{st.st_size}:{_sha256(path)[:16]}"
+
+
+def _dir_digest(path: str) -> str:
+    if not path:
+        return ""
+    files = sorted(os.listdir(path))
+    return hashlib.sha256(
+        "".join(_file_digest(os.path.join(path, f)) for f in files).encode()
+    ).hexdigest()[:16]
+
+
+def _read_results(folder: str) -> Dict:
+    from .trainer import EVAL_RESULTS_FILE
+
+    path = os.path.join(folder, EVAL_RESULTS_FILE)
+    if not os.path.isfile(path):
+        raise RuntimeError(f"No evaluation results in {path}: did the evaluator run?")
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _picture_inputs(data_dir: str, count: int):
+    """The first ``count`` val images that hold a rare object, and a vocabulary typed from their
+    objects' names plus two kinds that none of them holds."""
+    with open(os.path.join(data_dir, "val.json"), encoding="utf-8") as f:
+        val = json.load(f)
+    cats = {c["id"]: c for c in val["categories"]}
+    by_image: Dict[int, List[int]] = {}
+    for a in val["annotations"]:
+        by_image.setdefault(a["image_id"], []).append(a["category_id"])
+    chosen = [i for i in sorted(by_image) if any(cats[c]["frequency"] == "r" for c in by_image[i])]
+    chosen = (chosen or sorted(by_image))[:count]
+    present = sorted({cats[c]["name"] for i in chosen for c in by_image[i]})
+    absent = [c["name"] for c in val["categories"] if c["name"] not in present][:2]
+    files = {img["id"]: img["file_name"] for img in val["images"]}
+    return [os.path.join(data_dir, files[i]) for i in chosen], present + absent
+
+
+def _machine() -> str:
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{os.cpu_count()}-core {cpu}, no GPU used"
+
+
+def _commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO_ROOT, capture_output=True, text=True,
+        ).stdout.strip()  # fmt: skip
+        return (
+            out.stdout.strip() + ("+local changes" if dirty else "") if out.returncode == 0 else ""
+        )
+    except OSError:
+        return ""
+
+
+def format_results_markdown(report: Dict) -> str:
+    """results.md: the zero-shot figure, one row per method (fused and detector-only), timings."""
+    z = report["clip"]["zero_shot"]
+    lines = [
+        "# ovdet generated-data benchmark",
+        "",
+        f"{report['date']}, {report['machine']}, commit {report['commit'] or 'unknown'}, "
+        f"seed {report['seed']}. Box AP (%) from Detectron2's stock LVISEvaluator on "
+        f"ovdet_synthetic_val; detectors trained on the base (frequent + common) classes.",
+        "",
+        f"Tiny CLIP ({report['clip']['source']}): zero-shot crop accuracy rare {z['r']:.1f}%, "
+        f"common {z['c']:.1f}%, frequent {z['f']:.1f}%, all {z['all']:.1f}% "
+        f"({z['n_all']} val crops; chance {100 / 32:.1f}%).",
+        "",
+        "| method | AP | APr | APc | APf | APr detector only |",
+        "|---|---|---|---|---|---|",
+    ]
+    for rec in report["methods"].values():
+        r = rec["fused"]
+        only = f"{rec['detector_only']['APr']:.1f}" if "detector_only" in rec else "-"
+        lines.append(
+            f"| {rec['title']} | {r['AP']:.1f} | {r['APr']:.1f} | {r['APc']:.1f} | "
+            f"{r['APf']:.1f} | {only} |"
+        )
+    p = report["pictures"]
+    lines += [
+        "",
+        f"Pictures ({p['method']}, vocabulary \"{', '.join(p['vocabulary'])}\"): "
+        + ", ".join(f"pictures/{f}" for f in p["files"]),
+        "",
+        "Step times (s; 0 = reused): "
+        + ", ".join(f"{k} {v:.0f}" for k, v in report["step_seconds"].items())
+        + f"; total {report['total_seconds']:.0f} s.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def with_size(name: str, **overrides) -> BenchmarkSize:
+    """``SIZES[name]`` with some fields replaced."""
+    if name not in SIZES:
+        raise ValueError(f"Unknown size {name!r}; known: {sorted(SIZES)}")
+    return replace(SIZES[name], **overrides)

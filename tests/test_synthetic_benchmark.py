@@ -1,0 +1,142 @@
+"""The generated-data benchmark (tools/run_synthetic_benchmark.py): a smoke run of every step at
+the smallest size, step reuse, the shipped tiny CLIP, and the ablation table."""
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import REPO_ROOT
+
+from ovdet_plugin.engine.synthetic_ablations import collect_ablations, format_ablations_markdown
+from ovdet_plugin.engine.synthetic_benchmark import (
+    METHODS,
+    SHIPPED_CLIP,
+    SIZES,
+    SyntheticBenchmark,
+    load_step,
+)
+
+TOOL = os.path.join(REPO_ROOT, "tools", "run_synthetic_benchmark.py")
+STEPS = ["data", "clip", "clipself", "fvlm", "vild_embeddings", "vild", "fvit", "rovit", "pictures"]
+
+
+def run_tool(out, *args):
+    cmd = [sys.executable, TOOL, "--size", "smoke", "--output", str(out), "--threads", "1", *args]
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT)
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    start = time.perf_counter()
+    result = run_tool(out, "--from-scratch")
+    return out, result, time.perf_counter() - start
+
+
+def test_smoke_run_produces_every_step_and_the_lvis_evaluation(smoke_run):
+    out, result, seconds = smoke_run
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-4000:]
+    assert seconds < 180, f"the smoke run took {seconds:.0f} s (budget 3 minutes)"
+    for step in STEPS:
+        assert load_step(out / step) is not None, f"step {step} left no step.json"
+        assert f"{step}: done in" in log
+    assert os.path.isfile(out / "clip" / "tiny_clip.pt")
+    assert os.path.isfile(out / "clipself" / "clipself_final.pt")
+    with open(out / "results.json") as f:
+        report = json.load(f)
+    assert set(report["methods"]) == set(METHODS)
+    for key, rec in report["methods"].items():
+        # The stock LVISEvaluator ran on the val split: its files and APr/APc/APf are there.
+        assert os.path.isfile(out / key / "inference" / "lvis_instances_results.json")
+        assert {"AP", "APr", "APc", "APf"} <= set(rec["fused"])
+        assert ("detector_only" in rec) == METHODS[key].fused
+    zero_shot = report["clip"]["zero_shot"]
+    assert zero_shot["n_all"] == zero_shot["n_r"] + zero_shot["n_c"] + zero_shot["n_f"] > 0
+    pictures = report["pictures"]
+    assert pictures["files"] and all(
+        os.path.isfile(out / "pictures" / f) for f in pictures["files"]
+    )
+    md = (out / "results.md").read_text()
+    assert "| F-VLM |" in md and "zero-shot crop accuracy" in md and "Step times" in md
+
+
+def test_second_run_reuses_every_step(smoke_run):
+    out, first, _ = smoke_run
+    assert first.returncode == 0
+    again = run_tool(out, "--from-scratch")
+    assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+    for step in STEPS:
+        assert f"{step}: reused" in again.stdout, again.stdout
+    # A changed setting (the seed) reruns the steps that depend on it.
+    changed = run_tool(out, "--from-scratch", "--seed", "1", "--methods", "fvlm")
+    assert changed.returncode == 0, (changed.stdout + changed.stderr)[-3000:]
+    assert "clip: running" in changed.stdout and "fvlm: running" in changed.stdout
+
+
+def test_shipped_tiny_clip_matches_its_record():
+    record_path = os.path.splitext(SHIPPED_CLIP)[0] + ".json"
+    with open(record_path) as f:
+        record = json.load(f)
+    data = open(SHIPPED_CLIP, "rb").read()
+    assert len(data) < 20 * 2**20
+    assert hashlib.sha256(data).hexdigest() == record["sha256"]
+    assert record["command"] and "seed" in record
+    from ovdet_plugin.clip import build_clip_model
+
+    model = build_clip_model(record["model_name"], SHIPPED_CLIP)  # strict state-dict load
+    assert model.visual.image_size in (64, (64, 64))
+
+
+def test_corrupt_checkpoint_is_refused_with_a_clear_message(tmp_path):
+    ckpt = tmp_path / "tiny.pt"
+    torch.save({"x": torch.zeros(1)}, ckpt)
+    (tmp_path / "tiny.json").write_text(json.dumps({"sha256": "0" * 64}))
+    bench = SyntheticBenchmark(
+        tmp_path / "out", SIZES["smoke"], clip_checkpoint=str(ckpt), log=lambda s: None
+    )
+    with pytest.raises(ValueError, match="does not match the sha256"):
+        bench.run()
+
+
+def test_unknown_method_is_refused():
+    with pytest.raises(ValueError, match="Unknown methods"):
+        SyntheticBenchmark("/nonexistent", methods=["fvlm", "yolo"])
+
+
+def _fake_results(path, methods, ap):
+    os.makedirs(path, exist_ok=True)
+    recs = {}
+    for k in methods:
+        box = {"AP": ap, "AP50": ap, "APr": ap / 2, "APc": ap, "APf": ap}
+        recs[k] = {"title": k, "fused": box}
+        if k in METHODS and METHODS[k].fused:
+            recs[k]["detector_only"] = dict(box, APr=ap / 4)
+    report = {"methods": recs, "clip": {"zero_shot": {"r": 50.0, "all": 40.0}}}
+    with open(os.path.join(path, "results.json"), "w") as f:
+        json.dump(report, f)
+
+
+def test_ablation_table_mean_and_spread(tmp_path):
+    _fake_results(tmp_path, list(METHODS), 10.0)
+    _fake_results(tmp_path / "ablations" / "seed1", list(METHODS), 20.0)
+    _fake_results(tmp_path / "ablations" / "seed2", list(METHODS), 30.0)
+    _fake_results(tmp_path / "ablations" / "pretrain_cpe_focal", ["rovit"], 6.0)
+    table = collect_ablations(str(tmp_path), (0, 1, 2))
+    fvlm = table["headline"]["fvlm"]
+    assert fvlm["seeds"] == [0, 1, 2]
+    assert fvlm["AP"]["mean"] == pytest.approx(20.0)
+    assert fvlm["AP"]["std"] == pytest.approx((200 / 3) ** 0.5)
+    assert fvlm["APr_detector_only"]["mean"] == pytest.approx(5.0)
+    assert "APr_detector_only" not in table["headline"]["vild"]
+    assert table["pretraining"]["cpe_focal"]["rovit"]["fused"]["APr"] == 3.0
+    md = format_ablations_markdown(table)
+    assert "20.0 ± 8.2" in md and "| CPE + focal | 50.0 | 40.0 | 6.0 | 3.0 |" in md
+    shutil.rmtree(tmp_path / "ablations")
