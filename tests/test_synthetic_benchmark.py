@@ -23,6 +23,7 @@ from ovdet_plugin.engine.synthetic_benchmark import (
 )
 
 TOOL = os.path.join(REPO_ROOT, "tools", "run_synthetic_benchmark.py")
+VAL = "ovdet_synthetic_val"
 STEPS = ["data", "clip", "clipself", "fvlm", "vild_embeddings", "vild", "fvit", "rovit", "pictures"]
 
 
@@ -55,7 +56,7 @@ def test_smoke_run_produces_every_step_and_the_lvis_evaluation(smoke_run):
     assert set(report["methods"]) == set(METHODS)
     for key, rec in report["methods"].items():
         # The stock LVISEvaluator ran on the val split: its files and APr/APc/APf are there.
-        assert os.path.isfile(out / key / "inference" / "lvis_instances_results.json")
+        assert os.path.isfile(out / key / "inference" / VAL / "lvis_instances_results.json")
         assert {"AP", "APr", "APc", "APf"} <= set(rec["fused"])
         assert ("detector_only" in rec) == METHODS[key].fused
     zero_shot = report["clip"]["zero_shot"]

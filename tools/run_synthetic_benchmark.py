@@ -43,6 +43,7 @@ def parse_args(argv=None):
         help="also the ablation table (3 seeds of the headline rows, METHODS 1-4 directions)",
     )
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--jobs", type=int, default=2, help="detectors trained at once")
     return p.parse_args(argv)
 
 
@@ -61,6 +62,7 @@ def main(argv=None):
         methods=methods,
         pretrain_variant=args.pretrain_variant,
         threads=args.threads,
+        jobs=args.jobs,
     )
     report = bench.run()
     if args.ablations:

@@ -84,7 +84,7 @@ class BenchmarkSize:
     pretrain_lr: float = 2e-3
     clipself_iters: int = 150
     clipself_batch: int = 16
-    detector_iters: int = 300
+    detector_iters: int = 600
     detector_batch: int = 8
     vild_proposals: int = 50
     num_pictures: int = 4
@@ -241,7 +241,8 @@ class SyntheticBenchmark:
         clip_checkpoint: use this tiny CLIP checkpoint instead (an open_clip state dict of
             ``ovdet-tiny-vit-avg``); overrides ``from_scratch``.
         methods: keys of :data:`METHODS` (and :data:`ABLATIONS`) to train.
-        threads: torch threads of every process (0: torch's default).
+        threads: torch threads of every process (0: torch's default; 1 when ``jobs`` > 1).
+        jobs: detectors trained at once (2 suits a 2-core CPU: each run is mostly Python).
         log: where progress lines go.
     """
 
@@ -257,6 +258,7 @@ class SyntheticBenchmark:
         data_seed: Optional[int] = None,
         pretrain_variant: str = DEFAULT_PRETRAIN_VARIANT,
         threads: int = 0,
+        jobs: int = 2,
         log: Callable[[str], None] = print,
     ):
         table = {**METHODS, **ABLATIONS}
@@ -276,7 +278,10 @@ class SyntheticBenchmark:
         self.pretrain_variant = pretrain_variant
         self.clip_checkpoint = clip_checkpoint
         self.methods = [table[m] for m in methods]
+        self.jobs = max(1, int(jobs))
         self.threads = threads
+        # Detectors run ``jobs`` at a time: one thread each unless told otherwise.
+        self.detector_threads = threads or (1 if self.jobs > 1 else 0)
         self.log = log
         self.datasets_root = os.path.join(self.out_dir, "datasets")
         self.data_dir = os.path.join(self.datasets_root, "ovdet_synthetic")
@@ -310,14 +315,14 @@ class SyntheticBenchmark:
         self.log(f"{tag}: done in {seconds:.0f} s")
         return record
 
-    def _env(self) -> Dict[str, str]:
+    def _env(self, threads: int) -> Dict[str, str]:
         env = dict(os.environ, DETECTRON2_DATASETS=self.datasets_root)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO_ROOT, env.get("PYTHONPATH", "")]))
-        if self.threads:
-            env["OMP_NUM_THREADS"] = str(self.threads)
+        if threads:
+            env["OMP_NUM_THREADS"] = str(threads)
         return env
 
-    def _run_tool(self, folder: str, log_name: str, args: List[str]) -> None:
+    def _run_tool(self, folder: str, log_name: str, args: List[str], threads: int = -1) -> None:
         """Run ``python tools/<args>`` with its output in ``folder/<log_name>``; on failure raise
         with the log's end."""
         log_path = os.path.join(folder, log_name)
@@ -325,7 +330,8 @@ class SyntheticBenchmark:
         with open(log_path, "w", encoding="utf-8") as log:
             log.write(" ".join(cmd) + "\n")
             log.flush()
-            proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=self._env())
+            env = self._env(self.threads if threads < 0 else threads)
+            proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         if proc.returncode != 0:
             with open(log_path, encoding="utf-8", errors="replace") as f:
                 tail = f.read()[-3000:]
@@ -344,12 +350,7 @@ class SyntheticBenchmark:
         clipself = self._clipself_step(clip) if need_clipself else None
         if not need_clipself:
             self._num_steps -= 1
-        results: Dict[str, Dict] = {}
-        vild_dir = ""
-        for method in self.methods:
-            if method.vild and not vild_dir:
-                vild_dir = self._vild_step(clip, results)
-            results[method.key] = self._detector_step(method, clip, clipself, vild_dir)
+        results = self._train_detectors(clip, clipself)
         pictures = self._pictures_step(clip, clipself, results)
         total = time.perf_counter() - start
         report = {
@@ -481,13 +482,31 @@ class SyntheticBenchmark:
 
         return self._step("clipself", key, run)
 
-    def _vild_step(self, clip: Dict, results: Dict) -> str:
+    def _train_detectors(self, clip: Dict, clipself: Optional[Dict]) -> Dict[str, Dict]:
+        """Every method's detector step, ``jobs`` at a time (one torch thread each). The ViLD
+        methods wait for the F-VLM detector, whose RPN gives their distillation proposals."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        vild_methods = [m for m in self.methods if m.vild]
+        if vild_methods and "fvlm" not in [m.key for m in self.methods]:
+            self.methods.insert(0, METHODS["fvlm"])
+            self._num_steps += 1
+        with ThreadPoolExecutor(max_workers=self.jobs) as pool:
+            futures = {
+                m.key: pool.submit(self._detector_step, m, clip, clipself, "")
+                for m in self.methods
+                if not m.vild
+            }
+            if vild_methods:
+                vild_dir = self._vild_step(clip, futures["fvlm"].result())
+                for m in vild_methods:
+                    futures[m.key] = pool.submit(self._detector_step, m, clip, clipself, vild_dir)
+            return {m.key: futures[m.key].result() for m in self.methods}
+
+    def _vild_step(self, clip: Dict, fvlm: Dict) -> str:
         """ViLD's distillation targets: proposals of the F-VLM detector's RPN (trained on base
         classes), embedded by the tiny CLIP. Returns the embeddings folder."""
-        if "fvlm" not in results:
-            results["fvlm"] = self._detector_step(METHODS["fvlm"], clip, None, "")
-            self._num_steps += 1
-        rpn = results["fvlm"]["weights"]
+        rpn = fvlm["weights"]
         opts = [
             "--config-file", os.path.join(CONFIG_DIR, "fvlm.yaml"),
             "--dataset", "ovdet_synthetic_train",
@@ -540,6 +559,7 @@ class SyntheticBenchmark:
             self._run_tool(
                 folder, "train.log",
                 ["train_net.py", "--config-file", config, *opts, "OUTPUT_DIR", folder],
+                threads=self.detector_threads,
             )  # fmt: skip
             record = {"title": method.title, "fused": _bbox(_read_results(folder))}
             weights = os.path.join(folder, "model_final.pth")
@@ -550,6 +570,7 @@ class SyntheticBenchmark:
                     folder, "eval_detector_only.log",
                     ["train_net.py", "--config-file", config, "--eval-only", *opts,
                      "MODEL.WEIGHTS", weights, "MODEL.OVD.FUSION.RULE", "", "OUTPUT_DIR", only],
+                    threads=self.detector_threads,
                 )  # fmt: skip
                 record["detector_only"] = _bbox(_read_results(only))
             r = record["fused"]
