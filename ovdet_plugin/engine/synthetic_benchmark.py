@@ -241,7 +241,7 @@ class SyntheticBenchmark:
         clip_checkpoint: use this tiny CLIP checkpoint instead (an open_clip state dict of
             ``ovdet-tiny-vit-avg``); overrides ``from_scratch``.
         methods: keys of :data:`METHODS` (and :data:`ABLATIONS`) to train.
-        threads: torch threads of every process (0: torch's default; 1 when ``jobs`` > 1).
+        threads: torch threads of every process (0: one).
         jobs: detectors trained at once (2 suits a 2-core CPU: each run is mostly Python).
         log: where progress lines go.
     """
@@ -279,9 +279,10 @@ class SyntheticBenchmark:
         self.clip_checkpoint = clip_checkpoint
         self.methods = [table[m] for m in methods]
         self.jobs = max(1, int(jobs))
-        self.threads = threads
-        # Detectors run ``jobs`` at a time: one thread each unless told otherwise.
-        self.detector_threads = threads or (1 if self.jobs > 1 else 0)
+        # One torch thread per process by default: with two processes on two cores, a second
+        # OpenMP thread each made the tiny models' forward passes about 10x slower (measured).
+        self.threads = threads or 1
+        self.detector_threads = self.threads
         self.log = log
         self.datasets_root = os.path.join(self.out_dir, "datasets")
         self.data_dir = os.path.join(self.datasets_root, "ovdet_synthetic")
