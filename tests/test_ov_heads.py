@@ -109,6 +109,18 @@ def test_vild_without_distillation_inputs_trains_text_only():
     assert "loss_vild_image" not in losses and "loss_cls" in losses
 
 
+def test_vild_text_weight_scales_the_text_loss_only():
+    """TEXT_WEIGHT 0 (ViLD-image alone): no classification loss, distillation and boxes stay."""
+    losses = {}
+    for weight in ("1.0", "0.0"):
+        model, _ = build("tiny_vild", "MODEL.OVD.VILD.TEXT_WEIGHT", weight)
+        with EventStorage():
+            losses[weight] = {k: v.item() for k, v in model(batch(with_distillation=True)).items()}
+    assert losses["1.0"]["loss_cls"] > 0 and losses["0.0"]["loss_cls"] == 0.0
+    for key in ("loss_vild_image", "loss_box_reg"):
+        assert losses["0.0"][key] == pytest.approx(losses["1.0"][key])
+
+
 def test_vild_frozen_text_classifier_gets_no_gradient():
     model, _ = build("tiny_vild")
     with EventStorage():
