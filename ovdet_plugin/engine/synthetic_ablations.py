@@ -1,8 +1,9 @@
 """Ablations of the generated-data benchmark (``make benchmark-synthetic``): the directions each
 paper claims, measured on the generated data, as one table.
 
-- headline rows (the four methods) over 3 seeds (detector and CLIPSelf seed; same data and tiny
-  CLIP): mean and spread (population standard deviation);
+- headline rows (the four methods) over 3 seeds: the seed sets the generated data, CLIPSelf
+  and the detectors' training; the tiny CLIP is the main run's for all three. Mean and spread
+  (population standard deviation);
 - F-VLM, F-ViT, RO-ViT detector-only vs fused (every run of a fused method is evaluated both ways);
 - ViLD-text vs ViLD-image vs ViLD (text + image, one branch) vs ViLD-ensemble;
 - F-ViT without vs with CLIPSelf;
