@@ -16,7 +16,8 @@ install:
 demo: install
 	$(PY) tools/run_synthetic_benchmark.py --output output/synthetic_benchmark
 
-# Everything from nothing (the tiny CLIP pretrained here too) plus the ablation table (3 seeds).
+# Everything from nothing (the tiny CLIP pretrained here too) plus the ablation table (3 seeds);
+# about 70 minutes on a 2-core CPU.
 benchmark-synthetic: install
 	$(PY) tools/run_synthetic_benchmark.py --output output/synthetic_benchmark_full \
 		--from-scratch --ablations
