@@ -35,9 +35,7 @@ from tqdm import tqdm
 import ovdet_plugin
 from ovdet_plugin.clip import build_clip_model
 from ovdet_plugin.data.vild_embeddings import ViLDEmbeddingWriter, iter_missing
-
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+from ovdet_plugin.pretraining.caption_data import CLIP_MEAN, CLIP_STD
 
 
 def scaled_boxes(boxes: torch.Tensor, scale: float, height: int, width: int) -> torch.Tensor:

@@ -28,6 +28,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.utils import comm
+from open_clip import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
@@ -44,8 +45,9 @@ logger = logging.getLogger(__name__)
 _IMAGE_KEYS = ("path", "filepath", "image", "file_name", "image_path")
 _CAPTION_KEYS = ("caption", "text", "title")
 _IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp")
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# CLIP's image normalisation (RGB, 0-1 pixels), as open_clip defines it.
+CLIP_MEAN = OPENAI_DATASET_MEAN
+CLIP_STD = OPENAI_DATASET_STD
 
 
 def _pick(record: Dict, keys: Sequence[str], what: str, where: str) -> str:

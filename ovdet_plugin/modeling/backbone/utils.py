@@ -7,6 +7,7 @@ import re
 from typing import Tuple
 
 import numpy as np
+from open_clip import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch import nn
 
 from ...clip.loading import build_clip_model
@@ -26,12 +27,8 @@ logger = logging.getLogger(__name__)
 
 # CLIP's image normalisation (open_clip OPENAI_DATASET_MEAN / STD, RGB) times 255, because
 # Detectron2 feeds 0-255 pixels: MODEL.PIXEL_MEAN / PIXEL_STD with INPUT.FORMAT "RGB".
-CLIP_PIXEL_MEAN: Tuple[float, float, float] = tuple(
-    255.0 * m for m in (0.48145466, 0.4578275, 0.40821073)
-)
-CLIP_PIXEL_STD: Tuple[float, float, float] = tuple(
-    255.0 * s for s in (0.26862954, 0.26130258, 0.27577711)
-)
+CLIP_PIXEL_MEAN: Tuple[float, float, float] = tuple(255.0 * m for m in OPENAI_DATASET_MEAN)
+CLIP_PIXEL_STD: Tuple[float, float, float] = tuple(255.0 * s for s in OPENAI_DATASET_STD)
 
 
 def lcm(a: int, b: int) -> int:
