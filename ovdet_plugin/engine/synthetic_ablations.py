@@ -68,7 +68,7 @@ def run_ablations(
     os.makedirs(root, exist_ok=True)
     todo = ablation_jobs(clip_path, seeds, pretrain_steps, size_name)
     tool = os.path.join(REPO_ROOT, "tools", "run_synthetic_benchmark.py")
-    running: Dict[str, subprocess.Popen] = {}
+    running: Dict[str, tuple] = {}  # name -> (process, its open log file)
     pending = list(todo)
     failed = []
     start = time.perf_counter()
@@ -80,12 +80,12 @@ def run_ablations(
             log_file = open(os.path.join(folder, "run.log"), "w", encoding="utf-8")
             cmd = [sys.executable, tool, "--output", folder, *todo[name]]
             log(f"ablation {name}: started ({' '.join(todo[name])}; log {folder}/run.log)")
-            running[name] = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT)
-            running[name].log_file = log_file  # closed when the job ends
+            proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT)
+            running[name] = (proc, log_file)
         time.sleep(2)
-        for name, proc in list(running.items()):
+        for name, (proc, log_file) in list(running.items()):
             if proc.poll() is not None:
-                proc.log_file.close()
+                log_file.close()
                 del running[name]
                 took = time.perf_counter() - start
                 if proc.returncode:

@@ -278,17 +278,27 @@ class SyntheticBenchmark:
         self.pretrain_variant = pretrain_variant
         self.clip_checkpoint = clip_checkpoint
         self.methods = [table[m] for m in methods]
+        if any(m.vild for m in self.methods) and "fvlm" not in methods:
+            self.methods.insert(0, METHODS["fvlm"])  # its RPN gives ViLD's distillation proposals
         self.jobs = max(1, int(jobs))
         # One torch thread per process by default: with two processes on two cores, a second
         # OpenMP thread each made the tiny models' forward passes about 10x slower (measured).
         self.threads = threads or 1
-        self.detector_threads = self.threads
         self.log = log
         self.datasets_root = os.path.join(self.out_dir, "datasets")
         self.data_dir = os.path.join(self.datasets_root, "ovdet_synthetic")
         self.timings: Dict[str, float] = {}
         self._step_index = 0
-        self._num_steps = 4 + len(self.methods) + (1 if any(m.vild for m in self.methods) else 0)
+        self._num_steps = (
+            3  # data, clip, pictures
+            + int(self._needs_clipself)
+            + int(any(m.vild for m in self.methods))  # vild_embeddings
+            + len(self.methods)
+        )
+
+    @property
+    def _needs_clipself(self) -> bool:
+        return any(m.backbone == "clipself" for m in self.methods)
 
     # ------------------------------------------------------------------ step machinery
     def _step(self, name: str, key: Dict, run: Callable[[str], Dict]) -> Dict:
@@ -316,14 +326,13 @@ class SyntheticBenchmark:
         self.log(f"{tag}: done in {seconds:.0f} s")
         return record
 
-    def _env(self, threads: int) -> Dict[str, str]:
+    def _env(self) -> Dict[str, str]:
         env = dict(os.environ, DETECTRON2_DATASETS=self.datasets_root)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO_ROOT, env.get("PYTHONPATH", "")]))
-        if threads:
-            env["OMP_NUM_THREADS"] = str(threads)
+        env["OMP_NUM_THREADS"] = str(self.threads)
         return env
 
-    def _run_tool(self, folder: str, log_name: str, args: List[str], threads: int = -1) -> None:
+    def _run_tool(self, folder: str, log_name: str, args: List[str]) -> None:
         """Run ``python tools/<args>`` with its output in ``folder/<log_name>``; on failure raise
         with the log's end."""
         log_path = os.path.join(folder, log_name)
@@ -331,8 +340,7 @@ class SyntheticBenchmark:
         with open(log_path, "w", encoding="utf-8") as log:
             log.write(" ".join(cmd) + "\n")
             log.flush()
-            env = self._env(self.threads if threads < 0 else threads)
-            proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+            proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=self._env())
         if proc.returncode != 0:
             with open(log_path, encoding="utf-8", errors="replace") as f:
                 tail = f.read()[-3000:]
@@ -347,10 +355,7 @@ class SyntheticBenchmark:
         start = time.perf_counter()
         data = self._step("data", {"data": self.size.data_overrides(self.data_seed)}, self._data)
         clip = self._clip_step(data)
-        need_clipself = any(m.backbone == "clipself" for m in self.methods)
-        clipself = self._clipself_step(clip) if need_clipself else None
-        if not need_clipself:
-            self._num_steps -= 1
+        clipself = self._clipself_step(clip) if self._needs_clipself else None
         results = self._train_detectors(clip, clipself)
         pictures = self._pictures_step(clip, clipself, results)
         total = time.perf_counter() - start
@@ -438,7 +443,7 @@ class SyntheticBenchmark:
                 self.data_dir, path, p["steps"], p["batch"], p["lr"], p["seed"], p["variant"]
             )
             args = build_argument_parser().parse_args(argv)
-            args.threads = self.threads or args.threads
+            args.threads = self.threads
             args.log = os.path.join(folder, "pretrain_log.json")
             self.log("    pretraining the tiny CLIP: " + " ".join(argv))
             pretrain_in_memory(args)
@@ -489,9 +494,6 @@ class SyntheticBenchmark:
         from concurrent.futures import ThreadPoolExecutor
 
         vild_methods = [m for m in self.methods if m.vild]
-        if vild_methods and "fvlm" not in [m.key for m in self.methods]:
-            self.methods.insert(0, METHODS["fvlm"])
-            self._num_steps += 1
         with ThreadPoolExecutor(max_workers=self.jobs) as pool:
             futures = {
                 m.key: pool.submit(self._detector_step, m, clip, clipself, "")
@@ -560,7 +562,6 @@ class SyntheticBenchmark:
             self._run_tool(
                 folder, "train.log",
                 ["train_net.py", "--config-file", config, *opts, "OUTPUT_DIR", folder],
-                threads=self.detector_threads,
             )  # fmt: skip
             record = {"title": method.title, "fused": _bbox(_read_results(folder))}
             weights = os.path.join(folder, "model_final.pth")
@@ -571,7 +572,6 @@ class SyntheticBenchmark:
                     folder, "eval_detector_only.log",
                     ["train_net.py", "--config-file", config, "--eval-only", *opts,
                      "MODEL.WEIGHTS", weights, "MODEL.OVD.FUSION.RULE", "", "OUTPUT_DIR", only],
-                    threads=self.detector_threads,
                 )  # fmt: skip
                 record["detector_only"] = _bbox(_read_results(only))
             r = record["fused"]
