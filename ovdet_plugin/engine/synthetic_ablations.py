@@ -25,7 +25,14 @@ import time
 from typing import Callable, Dict, List, Sequence
 
 from ..utils.atomic_io import atomic_write_path
-from .synthetic_benchmark import METHODS, PRETRAIN_VARIANTS, REPO_ROOT, BenchmarkSize
+from .synthetic_benchmark import (
+    METHODS,
+    PRETRAIN_VARIANTS,
+    REPO_ROOT,
+    BenchmarkSize,
+    format_method_row,
+    method_table_header,
+)
 
 __all__ = ["run_ablations", "ablation_jobs", "format_ablations_markdown"]
 
@@ -169,8 +176,7 @@ def format_ablations_markdown(table: Dict) -> str:
         lines += [
             f"Headline rows: mean ± standard deviation over {n} seeds (box AP %, LVISEvaluator).",
             "",
-            "| method | AP | APr | APc | APf | APr detector only |",
-            "|---|---|---|---|---|---|",
+            *method_table_header(),
         ]
         for r in h.values():
             only = _fmt(r["APr_detector_only"]) if "APr_detector_only" in r else "-"
@@ -184,16 +190,9 @@ def format_ablations_markdown(table: Dict) -> str:
         lines += [
             "Single seed (0): method variants.",
             "",
-            "| run | AP | APr | APc | APf | APr detector only |",
-            "|---|---|---|---|---|---|",
+            *method_table_header("run"),
         ]
-        for rec in s.values():
-            r = rec["fused"]
-            only = f"{rec['detector_only']['APr']:.1f}" if "detector_only" in rec else "-"
-            lines.append(
-                f"| {rec['title']} | {r['AP']:.1f} | {r['APr']:.1f} | {r['APc']:.1f} | "
-                f"{r['APf']:.1f} | {only} |"
-            )
+        lines += [format_method_row(rec) for rec in s.values()]
         lines.append("")
     p = table["pretraining"]
     if p:

@@ -710,6 +710,24 @@ def _commit() -> str:
         return ""
 
 
+def method_table_header(first_column: str = "method") -> List[str]:
+    """The two header lines of a table of :func:`format_method_row` rows."""
+    return [
+        f"| {first_column} | AP | APr | APc | APf | APr detector only |",
+        "|---|---|---|---|---|---|",
+    ]
+
+
+def format_method_row(rec: Dict) -> str:
+    """One method's row under :func:`method_table_header` from its step record."""
+    r = rec["fused"]
+    only = f"{rec['detector_only']['APr']:.1f}" if "detector_only" in rec else "-"
+    return (
+        f"| {rec['title']} | {r['AP']:.1f} | {r['APr']:.1f} | {r['APc']:.1f} | "
+        f"{r['APf']:.1f} | {only} |"
+    )
+
+
 def format_results_markdown(report: Dict) -> str:
     """results.md: the zero-shot figure, one row per method (fused and detector-only), timings."""
     z = report["clip"]["zero_shot"]
@@ -724,16 +742,9 @@ def format_results_markdown(report: Dict) -> str:
         f"common {z['c']:.1f}%, frequent {z['f']:.1f}%, all {z['all']:.1f}% "
         f"({z['n_all']} val crops; chance {100 / 32:.1f}%).",
         "",
-        "| method | AP | APr | APc | APf | APr detector only |",
-        "|---|---|---|---|---|---|",
+        *method_table_header(),
     ]
-    for rec in report["methods"].values():
-        r = rec["fused"]
-        only = f"{rec['detector_only']['APr']:.1f}" if "detector_only" in rec else "-"
-        lines.append(
-            f"| {rec['title']} | {r['AP']:.1f} | {r['APr']:.1f} | {r['APc']:.1f} | "
-            f"{r['APf']:.1f} | {only} |"
-        )
+    lines += [format_method_row(rec) for rec in report["methods"].values()]
     p = report["pictures"]
     lines += [
         "",
