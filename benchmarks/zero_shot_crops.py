@@ -13,7 +13,7 @@ from typing import Dict, List, Optional
 
 import torch
 
-from ovdet_plugin.clip import build_clip_model, get_clip_tokenizer
+from ovdet_plugin.clip import build_clip_model, clip_image_size, get_clip_tokenizer
 from ovdet_plugin.evaluation.zero_shot_crops import format_accuracy, load_crops, zero_shot_accuracy
 
 
@@ -32,9 +32,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, float]:
     start = time.perf_counter()
     model = build_clip_model(args.model_name, args.checkpoint)
     tokenizer = get_clip_tokenizer(args.model_name)
-    size = model.visual.image_size
-    size = size if isinstance(size, int) else size[0]
-    crops = load_crops(args.dataset, size, args.split, args.min_visible)
+    crops = load_crops(args.dataset, clip_image_size(model)[0], args.split, args.min_visible)
     acc = zero_shot_accuracy(model, tokenizer, crops, prompts=args.prompts)
     print(f"{args.model_name} {args.checkpoint or '(random)'} prompts={args.prompts}")
     print(format_accuracy(acc), f"({time.perf_counter() - start:.1f} s)")

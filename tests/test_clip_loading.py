@@ -118,3 +118,15 @@ def test_text_checksum_tracks_weight_changes():
     with torch.no_grad():
         model.ln_final.bias.add_(1e-3)
     assert text_weights_checksum(model) != first
+
+
+def test_clip_image_size_reads_int_and_pair(tiny_clip):
+    from torch import nn
+
+    from ovdet_plugin.clip import clip_image_size
+
+    model, _ = tiny_clip
+    assert clip_image_size(model) == clip_image_size(model.visual) == (64, 64)
+    tower = nn.Module()
+    tower.image_size = (96, 128)
+    assert clip_image_size(tower) == (96, 128)

@@ -33,7 +33,7 @@ from torchvision.ops import roi_align
 from tqdm import tqdm
 
 import ovdet_plugin
-from ovdet_plugin.clip import build_clip_model
+from ovdet_plugin.clip import build_clip_model, clip_image_size
 from ovdet_plugin.data.vild_embeddings import ViLDEmbeddingWriter, iter_missing
 from ovdet_plugin.pretraining.caption_data import CLIP_MEAN, CLIP_STD
 
@@ -58,8 +58,7 @@ def crop_embeddings(clip_model, image: torch.Tensor, boxes: torch.Tensor, scales
         (M, D) L2-normalised: per scale, crop -> resize to the tower's input -> encode -> normalise;
         then the mean over scales, renormalised (ViLD's 1x + 1.5x ensemble).
     """
-    size = clip_model.visual.image_size
-    size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+    size = clip_image_size(clip_model)
     mean = image.new_tensor(CLIP_MEAN).view(1, 3, 1, 1)
     std = image.new_tensor(CLIP_STD).view(1, 3, 1, 1)
     h, w = image.shape[1:]

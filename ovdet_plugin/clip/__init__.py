@@ -4,6 +4,7 @@ from .loading import (  # noqa: F401  (importing registers the tiny model config
     TINY_MODEL_NAMES,
     build_clip_model,
     clip_embed_dim,
+    clip_image_size,
     get_clip_tokenizer,
     load_clip_checkpoint,
     text_weights_checksum,

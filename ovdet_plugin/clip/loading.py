@@ -19,6 +19,8 @@ from torch import nn
 
 __all__ = [
     "build_clip_model",
+    "clip_embed_dim",
+    "clip_image_size",
     "get_clip_tokenizer",
     "load_clip_checkpoint",
     "text_weights_checksum",
@@ -219,6 +221,13 @@ def text_weights_checksum(model: nn.Module) -> str:
     digest = h.hexdigest()
     object.__setattr__(model, "_ovdet_text_checksum", (stamp, digest))
     return digest
+
+
+def clip_image_size(model: nn.Module) -> Tuple[int, int]:
+    """(H, W) input size of a CLIP model's image tower (open_clip stores an int or a pair;
+    224 when the tower does not say). ``model`` is the CLIP model or its ``visual`` tower."""
+    size = getattr(getattr(model, "visual", model), "image_size", 224)
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
 def clip_embed_dim(model: nn.Module) -> int:

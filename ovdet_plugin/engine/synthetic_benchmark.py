@@ -421,7 +421,7 @@ class SyntheticBenchmark:
         return self._step("clip", key, lambda folder: self._clip(folder, source))
 
     def _clip(self, folder: str, source: Dict) -> Dict:
-        from ..clip import build_clip_model, get_clip_tokenizer
+        from ..clip import build_clip_model, clip_image_size, get_clip_tokenizer
         from ..evaluation.zero_shot_crops import load_crops, zero_shot_accuracy
 
         path = os.path.join(folder, "tiny_clip.pt")
@@ -449,8 +449,7 @@ class SyntheticBenchmark:
             pretrain_in_memory(args)
             record = {"source": "pretrained here", "command": argv}
         model = build_clip_model(CLIP_MODEL_NAME, path)
-        size = model.visual.image_size
-        crops = load_crops(self.data_dir, size if isinstance(size, int) else size[0])
+        crops = load_crops(self.data_dir, clip_image_size(model)[0])
         acc = zero_shot_accuracy(model, get_clip_tokenizer(CLIP_MODEL_NAME), crops)
         record.update(path=path, zero_shot=acc)
         self.log(

@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 from torchvision.ops import roi_align
 
 from ..clip.dense import DenseCLIPViT
-from ..clip.loading import build_clip_model
+from ..clip.loading import build_clip_model, clip_image_size
 from ..utils.atomic_io import atomic_write_path
 from .caption_data import CLIP_MEAN, CLIP_STD
 
@@ -224,8 +224,7 @@ class CLIPSelfModel(nn.Module):
         if teacher_crop_scale < 0:
             teacher_crop_scale = 1.5 if mode == "proposals" else 1.0
         self.teacher_crop_scale = float(teacher_crop_scale)
-        ts = clip_model.visual.image_size
-        self.teacher_size = int(ts if isinstance(ts, int) else ts[0])
+        self.teacher_size = clip_image_size(clip_model)[0]
 
     @classmethod
     def from_config(cls, cfg):

@@ -12,7 +12,7 @@ from detectron2.config import configurable
 from torch import nn
 
 from ..clip.dense import interpolate_pos_embed, is_open_clip_vit
-from ..clip.loading import build_clip_model, get_clip_tokenizer
+from ..clip.loading import build_clip_model, clip_image_size, get_clip_tokenizer
 from .contrastive_losses import focal_contrastive_loss, gather_features, softmax_contrastive_loss
 from .cropped_pos_embed import CroppedPosEmbed
 
@@ -117,8 +117,7 @@ class RegionAwareCLIP(nn.Module):
 
     @property
     def image_size(self) -> Tuple[int, int]:
-        size = getattr(self.clip.visual, "image_size", 224)
-        return (size, size) if isinstance(size, int) else tuple(size)
+        return clip_image_size(self.clip)
 
     # ------------------------------------------------------------------ encoders
     def positional_embedding(self, grid: Tuple[int, int], batch: int) -> torch.Tensor:
