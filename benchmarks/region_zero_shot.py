@@ -18,23 +18,25 @@ import torch
 
 from ovdet_plugin.clip import build_clip_model, get_clip_tokenizer
 from ovdet_plugin.clip.text_embeddings import encode_vocabulary
+from ovdet_plugin.evaluation.zero_shot_crops import format_accuracy, group_accuracy
 from ovdet_plugin.modeling.vlm_scorers import AvgPoolRegionScorer, DenseRegionScorer
 from ovdet_plugin.pretraining.caption_data import CLIP_MEAN, CLIP_STD
 
 
 def region_accuracy(dataset_dir, model, tokenizer, scorer, split="val", prompts="single"):
-    """Top-1 accuracy (%) per frequency group of the scorer's embeddings of every GT box."""
+    """Accuracy per frequency group (as ``group_accuracy``) of the scorer's embeddings of every
+    ground-truth box of ``split``, classified among all the dataset's category names."""
     with open(os.path.join(dataset_dir, f"{split}.json"), encoding="utf-8") as f:
         data = json.load(f)
     cats = sorted(data["categories"], key=lambda c: c["id"])
-    index = {c["id"]: i for i, c in enumerate(cats)}
+    frequency = {c["id"]: c["frequency"] for c in cats}
     text = encode_vocabulary(model, tokenizer, [c["name"] for c in cats], prompts=prompts)
     by_image = defaultdict(list)
     for a in data["annotations"]:
         by_image[a["image_id"]].append(a)
     mean = torch.tensor(CLIP_MEAN).view(3, 1, 1)
     std = torch.tensor(CLIP_STD).view(3, 1, 1)
-    hits, counts = defaultdict(int), defaultdict(int)
+    predicted, true = [], []
     for img in data["images"]:
         anns = by_image.get(img["id"], [])
         if not anns:
@@ -44,13 +46,9 @@ def region_accuracy(dataset_dir, model, tokenizer, scorer, split="val", prompts=
         x = ((x - mean) / std)[None]
         boxes = torch.tensor([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2],
                                a["bbox"][1] + a["bbox"][3]] for a in anns])  # fmt: skip
-        pred = (scorer(x, boxes) @ text.t()).argmax(1).tolist()
-        for p, a in zip(pred, anns):
-            group = cats[index[a["category_id"]]]["frequency"]
-            for g in (group, "all"):
-                counts[g] += 1
-                hits[g] += int(p == index[a["category_id"]])
-    return {g: 100.0 * hits[g] / counts[g] for g in counts} | {f"n_{g}": counts[g] for g in counts}
+        predicted += [cats[i]["id"] for i in (scorer(x, boxes) @ text.t()).argmax(1).tolist()]
+        true += [a["category_id"] for a in anns]
+    return group_accuracy(predicted, true, [frequency[c] for c in true])
 
 
 def main(argv=None):
@@ -69,10 +67,7 @@ def main(argv=None):
     else:
         scorer = DenseRegionScorer(model.visual)
     acc = region_accuracy(args.dataset, model, tokenizer, scorer)
-    print(
-        f"{args.scorer} {os.path.basename(args.checkpoint)}: rare {acc['r']:.1f}%  common "
-        f"{acc['c']:.1f}%  frequent {acc['f']:.1f}%  all {acc['all']:.1f}% (n={acc['n_all']})"
-    )
+    print(f"{args.scorer} {os.path.basename(args.checkpoint)}: {format_accuracy(acc)}")
     return acc
 
 

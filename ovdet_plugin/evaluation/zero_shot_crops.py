@@ -11,7 +11,7 @@ group (r / c / f) and overall. Deterministic (the crops come in annotation order
 import json
 import os
 from collections import defaultdict
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Sequence
 
 import cv2
 import numpy as np
@@ -22,7 +22,13 @@ from ..clip.text_embeddings import encode_vocabulary
 from ..data.synthetic.crops import iter_object_crops
 from ..pretraining.caption_data import CLIP_MEAN, CLIP_STD
 
-__all__ = ["square_resize", "load_crops", "zero_shot_accuracy", "format_accuracy"]
+__all__ = [
+    "square_resize",
+    "load_crops",
+    "zero_shot_accuracy",
+    "group_accuracy",
+    "format_accuracy",
+]
 
 
 def square_resize(crop: np.ndarray, size: int) -> np.ndarray:
@@ -93,11 +99,19 @@ def zero_shot_accuracy(
     finally:
         model.train(was_training)
     id_of = [c["id"] for c in crops["categories"]]
+    return group_accuracy([id_of[p] for p in pred], crops["category_ids"], crops["frequencies"])
+
+
+def group_accuracy(
+    predicted_ids: Sequence[int], true_ids: Sequence[int], frequencies: Sequence[str]
+) -> Dict[str, float]:
+    """Top-1 accuracy (percent) per frequency group: keys "r", "c", "f", "all" (NaN for an empty
+    group) and "n_r", "n_c", "n_f", "n_all" (counts). One category id and group per object."""
     hits, counts = defaultdict(int), defaultdict(int)
-    for p, gt, fr in zip(pred, crops["category_ids"], crops["frequencies"]):
+    for p, gt, fr in zip(predicted_ids, true_ids, frequencies):
         for group in (fr, "all"):
             counts[group] += 1
-            hits[group] += int(id_of[p] == gt)
+            hits[group] += int(p == gt)
     out: Dict[str, float] = {}
     for group in ("r", "c", "f", "all"):
         out[group] = 100.0 * hits[group] / counts[group] if counts[group] else float("nan")
