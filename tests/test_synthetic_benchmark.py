@@ -141,3 +141,14 @@ def test_ablation_table_mean_and_spread(tmp_path):
     md = format_ablations_markdown(table)
     assert "20.0 ± 8.2" in md and "| CPE + focal | 50.0 | 40.0 | 6.0 | 3.0 |" in md
     shutil.rmtree(tmp_path / "ablations")
+
+
+def test_group_accuracy_per_frequency_group():
+    import math
+
+    from ovdet_plugin.evaluation.zero_shot_crops import group_accuracy
+
+    acc = group_accuracy([1, 2, 3, 3], [1, 2, 4, 3], ["r", "r", "f", "f"])
+    assert (acc["r"], acc["f"], acc["all"]) == (100.0, 50.0, 75.0)
+    assert (acc["n_r"], acc["n_c"], acc["n_f"], acc["n_all"]) == (2, 0, 2, 4)
+    assert math.isnan(acc["c"])
