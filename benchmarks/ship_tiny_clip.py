@@ -8,13 +8,12 @@ zero-shot crop accuracy, its SHA-256 (checked by the benchmark before use) and i
 """
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
 import time
 
-from ovdet_plugin.engine.synthetic_benchmark import CLIP_MODEL_NAME, SHIPPED_CLIP
+from ovdet_plugin.engine.synthetic_benchmark import CLIP_MODEL_NAME, SHIPPED_CLIP, file_sha256
 
 
 def main(argv=None):
@@ -32,13 +31,12 @@ def main(argv=None):
         data_config = json.load(f)["config"]
     os.makedirs(os.path.dirname(SHIPPED_CLIP), exist_ok=True)
     shutil.copyfile(args.checkpoint, SHIPPED_CLIP)
-    with open(SHIPPED_CLIP, "rb") as f:
-        blob = f.read()
+    size = os.path.getsize(SHIPPED_CLIP)
     final = [h for h in run["history"] if "prompts" not in h][-1]
     record = {
         "model_name": run["args"]["model_name"],
-        "sha256": hashlib.sha256(blob).hexdigest(),
-        "bytes": len(blob),
+        "sha256": file_sha256(SHIPPED_CLIP),
+        "bytes": size,
         "command": args.command,
         "seed": run["args"]["seed"],
         "pretrain_args": run["args"],
@@ -52,7 +50,7 @@ def main(argv=None):
     assert record["model_name"] == CLIP_MODEL_NAME, record["model_name"]
     with open(os.path.splitext(SHIPPED_CLIP)[0] + ".json", "w", encoding="utf-8") as f:
         json.dump(record, f, indent=1)
-    print(f"{SHIPPED_CLIP}: {len(blob) / 2**20:.1f} MiB, sha256 {record['sha256'][:12]}")
+    print(f"{SHIPPED_CLIP}: {size / 2**20:.1f} MiB, sha256 {record['sha256'][:12]}")
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ __all__ = [
     "SIZES",
     "SHIPPED_CLIP",
     "SyntheticBenchmark",
+    "file_sha256",
     "load_step",
 ]
 
@@ -178,7 +179,8 @@ ABLATIONS = {
 }
 
 
-def _sha256(path: str) -> str:
+def file_sha256(path: str) -> str:
+    """Hex SHA-256 of a file's bytes (the checksum in the shipped checkpoint's record)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -416,7 +418,7 @@ class SyntheticBenchmark:
                 )
             source = {"checkpoint": SHIPPED_CLIP}
         if "checkpoint" in source:
-            source["sha256"] = _sha256(source["checkpoint"])
+            source["sha256"] = file_sha256(source["checkpoint"])
         key = {"data": self.size.data_overrides(self.data_seed), "source": source}
         return self._step("clip", key, lambda folder: self._clip(folder, source))
 
@@ -642,7 +644,7 @@ def _shipped_sha256(checkpoint: str) -> str:
 
 def _file_digest(path: str) -> str:
     st = os.stat(path)
-    return f"{os.path.basename(path)}:{st.st_size}:{_sha256(path)[:16]}"
+    return f"{os.path.basename(path)}:{st.st_size}:{file_sha256(path)[:16]}"
 
 
 def _dir_digest(path: str) -> str:
