@@ -152,3 +152,14 @@ def test_group_accuracy_per_frequency_group():
     assert (acc["r"], acc["f"], acc["all"]) == (100.0, 50.0, 75.0)
     assert (acc["n_r"], acc["n_c"], acc["n_f"], acc["n_all"]) == (2, 0, 2, 4)
     assert math.isnan(acc["c"])
+
+
+def test_missing_shipped_checkpoint_and_unknown_variant_are_refused(tmp_path, monkeypatch):
+    import ovdet_plugin.engine.synthetic_benchmark as bench_module
+
+    with pytest.raises(ValueError, match="Unknown pretraining variant"):
+        SyntheticBenchmark(tmp_path, pretrain_variant="siglip")
+    monkeypatch.setattr(bench_module, "SHIPPED_CLIP", str(tmp_path / "gone.pt"))
+    bench = SyntheticBenchmark(tmp_path / "out", SIZES["smoke"], log=lambda s: None)
+    with pytest.raises(FileNotFoundError, match="--from-scratch"):
+        bench.run()
