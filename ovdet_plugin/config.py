@@ -38,6 +38,13 @@ def get_ovdet_cfg(config_file: str = "", opts=()) -> CN:
     return cfg
 
 
+def _rename_key(cfg: CN, old: str, new: str, message: str) -> None:
+    """A YAML or override still using ``old`` fails with a message naming ``new`` (Detectron2's
+    renamed-key mechanism), instead of "Non-existent config key"."""
+    if not cfg.key_is_renamed(old):
+        cfg.register_renamed_key(old, new, message)
+
+
 def _add_clip_config(cfg: CN) -> None:
     """The CLIP model (open_clip) that provides text embeddings and, for some methods, vision."""
     _C = cfg
@@ -125,23 +132,38 @@ def _add_roi_heads_config(cfg: CN) -> None:
     # Folder of precomputed proposal embeddings (tools/precompute_vild_embeddings.py); a relative
     # path that does not exist is taken under $DETECTRON2_DATASETS. "" turns ViLD-image off.
     _C.MODEL.OVD.VILD.EMBEDDINGS_DIR = ""
-    # ViLD-ensemble: second branch for the distillation RoIs + test-time ensemble (METHODS 1.6).
-    _C.MODEL.OVD.VILD.ENSEMBLE = False
-    # Ensemble weight lambda (2/3: base p_text^(2/3) p_img^(1/3), novel the reverse; METHODS 1.6).
-    _C.MODEL.OVD.VILD.ENSEMBLE_WEIGHT = 2.0 / 3
+    # (ViLD-ensemble is configuration: VLM_SCORER.NAME "vild_image" (the second, distilled branch)
+    # + FUSION.RULE "vild_ensemble" with ALPHA 1/3, BETA 2/3 (lambda = 2/3, Gu et al. Sec. 3.4).)
+    _rename_key(
+        _C,
+        "MODEL.OVD.VILD.ENSEMBLE",
+        "MODEL.OVD.VLM_SCORER.NAME",
+        message="ViLD-ensemble is now VLM_SCORER.NAME 'vild_image' + FUSION.RULE "
+        "'vild_ensemble' (FUSION.ALPHA 1/3, FUSION.BETA 2/3); see configs/lvis/"
+        "vild_ensemble_R50_FPN.yaml.",
+    )
+    _rename_key(
+        _C,
+        "MODEL.OVD.VILD.ENSEMBLE_WEIGHT",
+        "MODEL.OVD.FUSION.BETA",
+        message="lambda is FUSION.BETA (novel VLM weight); FUSION.ALPHA = 1 - lambda.",
+    )
 
     _C.MODEL.OVD.FUSION = CN()
-    # Test-time fusion with the VLM scorer (MODEL.OVD.VLM_SCORER): "fvlm" (background from the
-    # detector, renormalised, METHODS 2.4), "fvit" (background fused as a base class, no
-    # renormalisation, METHODS 3.8) or "" (detector scores only).
+    # Test-time fusion with the VLM scorer (MODEL.OVD.VLM_SCORER), a name in FUSION_RULE_REGISTRY:
+    # "fvlm" (background from the detector, renormalised; F-VLM task_heads.py), "fvit" (background
+    # fused as a base class, no renormalisation; F-ViT fvit_head.py), "vild_ensemble" (background
+    # dropped, softmax of the image branch over the classes only; ViLD postprocess_ops.py), a
+    # rule you registered, or "" (detector scores only). Checked when the model is built.
     _C.MODEL.OVD.FUSION.RULE = ""
     # VLM weight alpha for base classes (F-VLM base_vlm_weight 0.35, METHODS 2.4; F-ViT 0.1).
     _C.MODEL.OVD.FUSION.ALPHA = 0.35
     # VLM weight beta for novel classes (F-VLM novel_vlm_weight 0.65; F-ViT 0.6 on LVIS B/16,
-    # 0.8 on COCO).
+    # 0.8 on COCO; ViLD-ensemble lambda 2/3 with ALPHA 1/3). Both weights lie in [0, 1].
     _C.MODEL.OVD.FUSION.BETA = 0.65
-    # Scale of the VLM cosines before the softmax (F-VLM 1/clip_sim_temp = 100, METHODS 2.3;
-    # F-ViT vlm_temperature 50 on LVIS, 75 on COCO, METHODS 3.8).
+    # Scale (> 0) of the VLM cosines before the softmax (F-VLM 1/clip_sim_temp = 100, METHODS 2.3;
+    # F-ViT vlm_temperature 50 on LVIS, 75 on COCO, METHODS 3.8; ViLD-ensemble: the classifier's
+    # temperature, 100).
     _C.MODEL.OVD.FUSION.VLM_TEMPERATURE = 100.0
     # Exponent w of the objectness multiplier sigmoid(objectness)^w (F-VLM objectness_weight 0,
     # METHODS 2.4; 3.0 with the centerness RPN in DITO / RO-ViT, METHODS 4.3).
@@ -217,20 +239,28 @@ def _add_backbone_config(cfg: CN) -> None:
     _C.MODEL.OVD.BACKBONE.LR_DECAY_RATE = 1.0
 
     _C.MODEL.OVD.VLM_SCORER = CN()
-    # VLM region scorer: "attnpool" (CLIP ResNet: RoIAlign on frozen C5 + CLIP attention pool,
-    # F-VLM, METHODS 2.3), "dense" (CLIP ViT: 1x1 RoIAlign on the CLIPSelf dense map, METHODS
-    # 3.2/3.8), "avgpool" (CLIP ViT: RoIAlign + mean on the last map, RO-ViT, METHODS 4.3), or ""
-    # for none.
+    # VLM region scorer, a name in VLM_SCORER_REGISTRY: "attnpool" (CLIP ResNet: RoIAlign on frozen
+    # C5 + CLIP attention pool, F-VLM, METHODS 2.3), "dense" (CLIP ViT: 1x1 RoIAlign on the
+    # CLIPSelf dense map, METHODS 3.2/3.8), "avgpool" (CLIP ViT: RoIAlign + mean on the last map,
+    # RO-ViT, METHODS 4.3), "vild_image" (ViLD-ensemble's second, distilled branch, METHODS 1.6),
+    # a scorer you registered, or "" for none.
     _C.MODEL.OVD.VLM_SCORER.NAME = ""
     # RoIAlign output size; 0 = the method's value: attention-pool grid for "attnpool" (7 for
     # RN50 at 224, METHODS 2.3 / 6.4), 1 for "dense" (METHODS 3.2), 14 for "avgpool" (METHODS 4.3).
     _C.MODEL.OVD.VLM_SCORER.POOLER_RESOLUTION = 0
-    # RoIAlign sampling ratio (torchvision; <= 0 = adaptive, CLIPSelf uses -1, METHODS 3.2).
+    # How boxes are cropped: "official" = each method's official code: F-VLM / RO-ViT one sample
+    # per bin, no half-pixel shift (fvlm multilevel_crop_and_resize = torchvision roi_align
+    # aligned=False, sampling_ratio=1), CLIPSelf aligned=True with adaptive sampling; "detectron2"
+    # = Detectron2's ROIAlignV2 (aligned=True, POOLER_SAMPLING_RATIO) for every scorer.
+    _C.MODEL.OVD.VLM_SCORER.CROP_CONVENTION = "official"
+    # RoIAlign sampling ratio with CROP_CONVENTION "detectron2" (torchvision; <= 0 = adaptive).
     _C.MODEL.OVD.VLM_SCORER.POOLER_SAMPLING_RATIO = -1
-    # Score regions with a frozen copy of the CLIP tower taken at build time, so the detector's
-    # backbone may be fine-tuned (RO-ViT use_frozen_vlm, METHODS 4.3). False shares the backbone's
-    # tower (only sensible when MODEL.OVD.BACKBONE.FREEZE, as in F-VLM / F-ViT).
-    _C.MODEL.OVD.VLM_SCORER.FROZEN_COPY = True
+    # The scorer reads the detector's own frozen CLIP tower (F-VLM's single frozen backbone:
+    # the backbone hands its C5 / last ViT map to the scorer, no second forward, no second copy).
+    # It takes a frozen copy of the pretrained tower by itself when the backbone trains (RO-ViT
+    # use_frozen_vlm, METHODS 4.3; a fine-tuned F-ViT). True forces that copy even for a frozen
+    # backbone.
+    _C.MODEL.OVD.VLM_SCORER.FROZEN_COPY = False
 
 
 def _add_pretraining_config(cfg: CN) -> None:
@@ -261,6 +291,10 @@ def _add_pretraining_config(cfg: CN) -> None:
     _C.MODEL.OVD.ROVIT.CROP_SCALE = (0.1, 1.0)
     # Aspect-ratio range of that box (RandomResizedCrop statistics, METHODS 4.1: 0.5-2.0).
     _C.MODEL.OVD.ROVIT.CROP_ASPECT = (0.5, 2.0)
+    # How the crop is resized: "official" = fvlm cropped_positional_embedding's crop_and_resize,
+    # one sample per output cell, no half-pixel shift (torchvision roi_align aligned=False,
+    # sampling_ratio=1); "detectron2" = the half-pixel-aligned variant (aligned=True).
+    _C.MODEL.OVD.ROVIT.CPE_CROP_CONVENTION = "official"
     # Contrastive loss: "focal" (RO-ViT focal contrastive loss, METHODS 4.2) or "softmax" (CLIP).
     _C.MODEL.OVD.ROVIT.LOSS = "focal"
     # Focal loss alpha (positive weight; negatives 1 - alpha) and gamma (METHODS 4.2: 0.5, 1.0).

@@ -43,7 +43,8 @@ def test_paper_configs_are_all_there():
 @pytest.mark.parametrize(
     "path,head,scorer",
     [
-        ("configs/lvis/vild_ensemble_R50_FPN.yaml", "ViLDROIHeads", None),
+        ("configs/lvis/vild_R50_FPN.yaml", "ViLDROIHeads", None),
+        ("configs/lvis/vild_ensemble_R50_FPN.yaml", "ViLDROIHeads", "ViLDImageBranchScorer"),
         ("configs/lvis/fvlm_RN50_FPN.yaml", "OVROIHeads", "AttnPoolRegionScorer"),
         ("configs/lvis/fvit_B16_clipself.yaml", "OVROIHeads", "DenseRegionScorer"),
         ("configs/lvis/rovit_B16.yaml", "OVROIHeads", "AvgPoolRegionScorer"),

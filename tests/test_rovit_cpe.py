@@ -25,7 +25,7 @@ def test_full_box_without_upsampling_is_identity():
     torch.manual_seed(0)
     patch = torch.randn(7, 7, 16)
     full = torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 1.0, 1.0]])
-    out = cropped_positional_embedding(patch, full, up_size=(7, 7), out_size=(7, 7))
+    out = cropped_positional_embedding(patch, full, up_size=(7, 7), out_size=(7, 7), aligned=True)
     assert out.shape == (2, 49, 16)
     torch.testing.assert_close(out[0], patch.reshape(49, 16), rtol=0, atol=1e-6)
     torch.testing.assert_close(out[1], patch.reshape(49, 16), rtol=0, atol=1e-6)
@@ -33,10 +33,11 @@ def test_full_box_without_upsampling_is_identity():
 
 def test_full_box_equals_plain_interpolated_embedding():
     """At a non-native grid, CPE with the whole box and up_size = grid equals the bilinear
-    resampling of the embedding; with the module, the class token is unchanged."""
+    resampling of the embedding with the half-pixel-aligned crop; with the module, the class
+    token is unchanged."""
     torch.manual_seed(1)
     pos = torch.randn(1 + 4 * 4, 8)
-    cpe = CroppedPosEmbed(up_size=6)
+    cpe = CroppedPosEmbed(up_size=6, aligned=True)
     out = cpe(pos, (4, 4), (6, 6), 3, boxes=torch.tensor([[0.0, 0.0, 1.0, 1.0]] * 3))
     plain = F.interpolate(
         pos[1:].reshape(1, 4, 4, 8).permute(0, 3, 1, 2), size=(6, 6), mode="bilinear"
@@ -48,18 +49,20 @@ def test_full_box_equals_plain_interpolated_embedding():
         torch.testing.assert_close(out[b, 1:], plain, rtol=0, atol=1e-5)
 
 
-def test_crop_follows_the_box():
+@pytest.mark.parametrize("aligned", [False, True])
+def test_crop_follows_the_box(aligned):
     """A hand-made embedding whose values are the cell coordinates: the crop holds exactly the
-    coordinates of the box's bin centres."""
+    coordinates of the box's bin centres (official crop: cell j at coordinate j; aligned: at
+    j + 0.5)."""
     h = w = 16
     up = upsample_pos_embed(_coord_embedding(h, w), (h, w))  # no upsampling change
     boxes = torch.tensor([[0.25, 0.5, 0.75, 1.0], [0.0, 0.0, 0.5, 0.25]])
-    out = crop_and_resize_pos_embed(up, boxes, (4, 4)).reshape(2, 4, 4, 2)
+    out = crop_and_resize_pos_embed(up, boxes, (4, 4), aligned=aligned).reshape(2, 4, 4, 2)
+    shift = 0.5 if aligned else 0.0
     for b, (x0, y0, x1, y1) in enumerate(boxes.tolist()):
         bw, bh = (x1 - x0) * w / 4, (y1 - y0) * h / 4
-        # cell index j sits at continuous coordinate j + 0.5 (aligned RoIAlign)
-        xs = torch.tensor([x0 * w + (k + 0.5) * bw - 0.5 for k in range(4)])
-        ys = torch.tensor([y0 * h + (k + 0.5) * bh - 0.5 for k in range(4)])
+        xs = torch.tensor([x0 * w + (k + 0.5) * bw - shift for k in range(4)])
+        ys = torch.tensor([y0 * h + (k + 0.5) * bh - shift for k in range(4)])
         torch.testing.assert_close(out[b, 0, :, 0], xs, rtol=0, atol=1e-5)
         torch.testing.assert_close(out[b, :, 0, 1], ys, rtol=0, atol=1e-5)
         # values stay constant along the other axis
@@ -162,10 +165,14 @@ def test_fast_separable_cpe_equals_upsample_then_roialign():
             torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.9, 0.0, 1.0, 0.05]]),
         ]
     )
-    for up, out in [((64, 64), (7, 5)), ((16, 12), (9, 9)), ((7, 5), (7, 5))]:
-        fast = cropped_positional_embedding(patch, boxes, up_size=up, out_size=out)
-        ref = crop_and_resize_pos_embed(upsample_pos_embed(patch, up), boxes, out)
-        torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
+    for aligned in (False, True):  # the official crop (boxes >= 1 cell) and the aligned one
+        for up, out in [((64, 64), (7, 5)), ((16, 12), (9, 9)), ((7, 5), (7, 5))]:
+            fast = cropped_positional_embedding(
+                patch, boxes, up_size=up, out_size=out, aligned=aligned
+            )
+            up_pos = upsample_pos_embed(patch, up)
+            ref = crop_and_resize_pos_embed(up_pos, boxes, out, aligned=aligned)
+            torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
     # gradients reach the embedding
     p = patch.clone().requires_grad_(True)
     cropped_positional_embedding(p, boxes, up_size=(64, 64), out_size=(7, 5)).sum().backward()

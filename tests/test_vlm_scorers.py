@@ -1,7 +1,5 @@
-"""VLM region scorers (METHODS.md 2.3, 3.2, 4.3): exactness against open_clip, build errors,
-frozen copies."""
-
-import copy
+"""VLM region scorers: exactness against open_clip, the cheap attention pool, crop conventions,
+one shared tower, frozen copies, build errors."""
 
 import pytest
 import torch
@@ -9,19 +7,19 @@ import torch.nn.functional as F
 from conftest import load_test_config, randomize_bn
 from detectron2.modeling import build_backbone
 from detectron2.structures import Boxes
+from torchvision.ops import roi_align
 
 from ovdet_plugin.clip import build_clip_model
 from ovdet_plugin.modeling.vlm_scorers import (
-    VLM_SCORERS,
+    CLIP_TOWER_FEATURE,
+    VLM_SCORER_REGISTRY,
     AttnPoolRegionScorer,
     AvgPoolRegionScorer,
     DenseRegionScorer,
+    VLMRegionScorer,
+    attention_pool_regions,
     build_vlm_scorer,
 )
-
-
-def _cfg(name, **overrides):
-    return load_test_config(name, **overrides)
 
 
 @pytest.fixture(scope="module")
@@ -39,16 +37,48 @@ def tiny_vit():
 
 
 def test_registry():
-    assert set(VLM_SCORERS) >= {"attnpool", "dense", "avgpool"}
+    assert {"attnpool", "dense", "avgpool", "vild_image"} <= {n for n, _ in VLM_SCORER_REGISTRY}
+    with pytest.raises(ValueError, match="Unknown VLM scorer 'nope'.*known: \\['attnpool'"):
+        build_vlm_scorer(
+            load_test_config("tiny_clip_rn_fpn", **{"MODEL.OVD.VLM_SCORER.NAME": "nope"})
+        )
+
+
+def _random_attnpool(seed=0, grid=7, width=256, heads=8, out=128):
+    from open_clip.modified_resnet import AttentionPool2d
+
+    torch.manual_seed(seed)
+    pool = AttentionPool2d(grid, width, heads, out).eval()
+    with torch.no_grad():
+        for p in pool.parameters():  # non-zero biases, so that bias placement is exercised
+            p.add_(0.05 * torch.randn_like(p))
+    return pool
+
+
+def test_attention_pool_regions_equals_open_clip_per_region():
+    pool = _random_attnpool()
+    c5 = torch.randn(2, 256, 10, 13) * 2
+    # boxes inside, partly outside and far outside the image (RoIAlign weights sum < 1 there)
+    boxes = torch.tensor(
+        [[0, 0.0, 0.0, 320.0, 416.0], [0, 40.0, 30.0, 200.0, 150.0], [1, -90.0, -50.0, 120.0, 90.0],
+         [1, 300.0, 200.0, 700.0, 600.0], [1, 100.0, 100.0, 104.0, 102.0]]
+    )  # fmt: skip
+    for aligned, ratio in ((False, 1), (True, -1)):
+        crops = roi_align(c5, boxes, 7, 1 / 32, ratio, aligned)
+        with torch.no_grad():
+            ref = pool(crops)
+            fast = attention_pool_regions(pool, crops, chunk=2)  # chunking exercised
+        torch.testing.assert_close(fast, ref, atol=1e-4, rtol=1e-4)
+    assert attention_pool_regions(pool, crops[:0]).shape == (0, 128)
 
 
 def test_attnpool_full_image_box_equals_encode_image(tiny_rn):
-    scorer = build_vlm_scorer("attnpool", tiny_rn.visual)
-    assert isinstance(scorer, AttnPoolRegionScorer)
+    # Detectron2's aligned crop reads each C5 cell exactly: the full box is CLIP's image embedding
+    scorer = AttnPoolRegionScorer(tiny_rn.visual, aligned=True, sampling_ratio=-1)
     assert scorer.pooler_resolution == 4  # image 128 / 32
     x = torch.randn(2, 3, 128, 128)  # CLIP's native size
     full = torch.tensor([[0.0, 0.0, 128.0, 128.0]])
-    emb = scorer(x, [full, Boxes(full)])
+    emb = scorer(x, None, [full, Boxes(full)])
     with torch.no_grad():
         ref = F.normalize(tiny_rn.encode_image(x), dim=-1)
     assert emb.shape == (2, 64)
@@ -56,92 +86,132 @@ def test_attnpool_full_image_box_equals_encode_image(tiny_rn):
     # sub-boxes on a larger, non-square image: normalised, box order kept
     big = torch.randn(1, 3, 160, 224)
     boxes = torch.tensor([[0.0, 0.0, 64.0, 64.0], [30.0, 40.0, 200.0, 150.0]])
-    both = scorer(big, boxes)
+    both = scorer(big, None, boxes)
     torch.testing.assert_close(both.norm(dim=-1), torch.ones(2))
-    torch.testing.assert_close(scorer(big, boxes[1:]), both[1:], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(scorer(big, None, boxes[1:]), both[1:], atol=1e-5, rtol=1e-5)
     assert (both[0] - both[1]).abs().max() > 1e-3
-    assert scorer(big, torch.zeros(0, 4)).shape == (0, 64)
+    assert scorer(big, None, torch.zeros(0, 4)).shape == (0, 64)
+
+
+def test_attnpool_official_crop_is_unaligned_one_sample_per_bin(tiny_rn):
+    scorer = AttnPoolRegionScorer(tiny_rn.visual)  # the official (F-VLM) convention by default
+    assert (scorer.aligned, scorer.sampling_ratio) == (False, 1)
+    x = torch.randn(1, 3, 160, 224)
+    boxes = torch.tensor([[0.0, 0.0, 64.0, 64.0], [30.0, 40.0, 200.0, 150.0]])
+    with torch.no_grad():
+        c5 = scorer.tower_map(x)
+        crops = roi_align(c5, torch.cat([torch.zeros(2, 1), boxes], 1), 4, 1 / 32, 1, False)
+        ref = F.normalize(tiny_rn.visual.attnpool(crops), dim=-1)
+    torch.testing.assert_close(scorer(x, None, boxes), ref, atol=1e-5, rtol=1e-5)
+    aligned = AttnPoolRegionScorer(tiny_rn.visual, aligned=True, sampling_ratio=-1)
+    assert (aligned(x, None, boxes) - ref).abs().max() > 1e-4  # the conventions differ
 
 
 def test_attnpool_resolution_must_match_grid(tiny_rn):
     with pytest.raises(ValueError, match="attention pool.*4x4"):
-        build_vlm_scorer("attnpool", tiny_rn.visual, pooler_resolution=7)
+        AttnPoolRegionScorer(tiny_rn.visual, pooler_resolution=7)
 
 
 def test_dense_scorer_is_1x1_roialign_on_dense_map(tiny_vit):
-    scorer = build_vlm_scorer("dense", tiny_vit.visual)
-    assert isinstance(scorer, DenseRegionScorer) and scorer.pooler_resolution == 1
+    scorer = DenseRegionScorer(tiny_vit.visual)
+    assert scorer.pooler_resolution == 1 and (scorer.aligned, scorer.sampling_ratio) == (True, -1)
     x = torch.randn(1, 3, 48, 80)
     with torch.no_grad():
-        dmap = scorer.extract(x)
+        dmap = scorer.dense(x)  # CLIPSelf's dense map
     assert dmap.shape == (1, 64, 6, 10)
     # a box exactly on patch cell (row 2, col 3): the map's (normalised) vector there
     cell = torch.tensor([[24.0, 16.0, 32.0, 24.0]])
-    torch.testing.assert_close(scorer(x, cell)[0], dmap[0, :, 2, 3], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(scorer(x, None, cell)[0], dmap[0, :, 2, 3], atol=1e-5, rtol=1e-5)
     # a 2x2-cell box: bilinear centre sample = mean of the four cells, renormalised
     box = torch.tensor([[8.0, 8.0, 24.0, 24.0]])
     expected = F.normalize(dmap[0, :, 1:3, 1:3].mean(dim=(1, 2)), dim=0)
-    torch.testing.assert_close(scorer(x, box)[0], expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(scorer(x, None, box)[0], expected, atol=1e-5, rtol=1e-5)
 
 
 def test_avgpool_full_image_box_equals_avg_pool_encode_image():
     torch.manual_seed(0)
     model = build_clip_model("ovdet-tiny-vit-avg")  # pool_type "avg": GAP image embedding
-    scorer = build_vlm_scorer("avgpool", model.visual, pooler_resolution=8)  # the 8x8 grid
-    assert isinstance(scorer, AvgPoolRegionScorer)
+    scorer = AvgPoolRegionScorer(model.visual, pooler_resolution=8, aligned=True)  # 8x8 grid
     x = torch.randn(2, 3, 64, 64)
     full = torch.tensor([[0.0, 0.0, 64.0, 64.0]])
-    emb = scorer(x, [full, full])
+    emb = scorer(x, None, [full, full])
     with torch.no_grad():
         ref = F.normalize(model.encode_image(x), dim=-1)
     torch.testing.assert_close(emb, ref, atol=1e-5, rtol=1e-5)
-    default = build_vlm_scorer("avgpool", model.visual)
-    assert default.pooler_resolution == 14
-    out = default(torch.randn(1, 3, 64, 96), torch.tensor([[3.0, 5.0, 50.0, 60.0]]))
+    default = AvgPoolRegionScorer(model.visual)
+    assert default.pooler_resolution == 14 and (default.aligned, default.sampling_ratio) == (
+        False,
+        1,
+    )
+    out = default(torch.randn(1, 3, 64, 96), None, torch.tensor([[3.0, 5.0, 50.0, 60.0]]))
     torch.testing.assert_close(out.norm(dim=-1), torch.ones(1))
 
 
-def test_kind_mismatch_fails_at_build(tiny_rn, tiny_vit):
+def test_kind_mismatch_fails_at_build():
+    cfg = load_test_config("tiny_clip_vit_sfp.yaml", **{"MODEL.OVD.VLM_SCORER.NAME": "attnpool"})
     with pytest.raises(ValueError, match="needs a CLIP resnet tower, got a vit tower"):
-        build_vlm_scorer("attnpool", tiny_vit.visual)
+        build_vlm_scorer(cfg)
     for name in ("dense", "avgpool"):
+        cfg = load_test_config("tiny_clip_rn_fpn.yaml", **{"MODEL.OVD.VLM_SCORER.NAME": name})
         with pytest.raises(ValueError, match="needs a CLIP vit tower, got a resnet tower"):
-            build_vlm_scorer(name, tiny_rn.visual)
-    with pytest.raises(KeyError, match="Unknown VLM scorer"):
-        build_vlm_scorer("nope", tiny_vit.visual)
-    cfg = _cfg("tiny_clip_vit_sfp.yaml", **{"MODEL.OVD.VLM_SCORER.NAME": "attnpool"})
-    with pytest.raises(ValueError, match="needs a CLIP resnet tower"):
+            build_vlm_scorer(cfg, backbone=build_backbone(cfg))
+    cfg = load_test_config("tiny_clip_rn_fpn.yaml", **{"MODEL.OVD.VLM_SCORER.CROP_CONVENTION": "x"})
+    with pytest.raises(ValueError, match="CROP_CONVENTION must be one of"):
         build_vlm_scorer(cfg)
 
 
-def test_build_from_config_and_backbone():
-    cfg = _cfg("tiny_clip_rn_fpn.yaml")
-    assert isinstance(build_vlm_scorer(cfg), AttnPoolRegionScorer)
-    assert (
-        build_vlm_scorer(_cfg("tiny_clip_rn_fpn.yaml", **{"MODEL.OVD.VLM_SCORER.NAME": ""})) is None
-    )
-    backbone = build_backbone(cfg)
-    shared = build_vlm_scorer(cfg, backbone=backbone)
-    assert shared.visual is backbone.bottom_up.visual  # FROZEN_COPY False in the base config
-    x = torch.randn(1, 3, 96, 128)
-    c5 = backbone.bottom_up(x)["res5"]
-    boxes = torch.tensor([[10.0, 10.0, 90.0, 70.0]])
-    torch.testing.assert_close(shared.pool(c5, boxes), shared(x, boxes))
+def _state_keys(module):
+    return set(module.state_dict())
 
 
-def test_frozen_copy_survives_backbone_fine_tuning():
-    cfg = _cfg("tiny_clip_vit_sfp.yaml", **{"MODEL.OVD.BACKBONE.FREEZE": False,
-                                            "MODEL.OVD.VLM_SCORER.FROZEN_COPY": True})  # fmt: skip
+@pytest.mark.parametrize("config", ["tiny_clip_rn_fpn", "tiny_clip_vit_sfp"])
+def test_frozen_backbone_tower_is_shared_and_its_map_read(config):
+    cfg = load_test_config(config)
     torch.manual_seed(0)
     backbone = build_backbone(cfg)
     scorer = build_vlm_scorer(cfg, backbone=backbone)
-    assert scorer.visual is not backbone.net.tower.visual
+    trunk = backbone.bottom_up if config.endswith("fpn") else backbone.net
+    assert scorer.visual is trunk.visual and scorer.shared and scorer.reads_backbone_map
+    assert not _state_keys(scorer) and not list(scorer.parameters())  # nothing held twice
+    x = torch.randn(1, 3, 96, 128)
+    features = backbone(x)
+    assert CLIP_TOWER_FEATURE in features
+    boxes = torch.tensor([[10.0, 10.0, 90.0, 70.0], [-20.0, 5.0, 60.0, 120.0]])
+    # reading the backbone's map = running the tower again
+    torch.testing.assert_close(
+        scorer(x, features, boxes), scorer.pool(scorer.tower_map(x), boxes), atol=1e-5, rtol=1e-5
+    )
+    with pytest.raises(RuntimeError, match="backbone's 'clip_tower' map"):
+        scorer(x, {}, boxes)
+    # FROZEN_COPY forces an owned copy, which gives the same scores
+    cfg.merge_from_list(["MODEL.OVD.VLM_SCORER.FROZEN_COPY", True])
+    copied = build_vlm_scorer(cfg, backbone=backbone)
+    assert copied.visual is not trunk.visual and not copied.shared
+    torch.testing.assert_close(copied(x, None, boxes), scorer(x, features, boxes))
+
+
+def test_dense_scorer_on_attention_last_block_runs_the_shared_tower():
+    cfg = load_test_config(
+        "tiny_clip_vit_sfp", **{"MODEL.OVD.BACKBONE.VIT_VALUE_ONLY_LAST_BLOCK": False}
+    )
+    backbone = build_backbone(cfg)
+    scorer = build_vlm_scorer(cfg, backbone=backbone)
+    assert scorer.shared and not scorer.reads_backbone_map  # needs a value-only last block
+    assert CLIP_TOWER_FEATURE not in backbone(torch.randn(1, 3, 64, 64))
+
+
+def test_frozen_copy_survives_backbone_fine_tuning():
+    cfg = load_test_config("tiny_clip_vit_sfp.yaml", **{"MODEL.OVD.BACKBONE.FREEZE": False})
+    torch.manual_seed(0)
+    backbone = build_backbone(cfg)
+    scorer = build_vlm_scorer(cfg, backbone=backbone)  # a copy by itself: the backbone trains
+    assert scorer.visual is not backbone.net.tower.visual and not scorer.reads_backbone_map
     assert all(not p.requires_grad for p in scorer.parameters())
     scorer.train()
     assert not scorer.training and not scorer.visual.training
     x = torch.randn(1, 3, 64, 96)
     boxes = torch.tensor([[0.0, 0.0, 40.0, 50.0], [20.0, 10.0, 90.0, 60.0]])
-    before = scorer(x, boxes)
+    before = scorer(x, None, boxes)
     opt = torch.optim.SGD(backbone.parameters(), lr=1.0)
     backbone.train()
     sum(v.square().mean() for v in backbone(x).values()).backward()
@@ -149,17 +219,41 @@ def test_frozen_copy_survives_backbone_fine_tuning():
     tower = backbone.net.tower.visual
     assert not torch.equal(tower.transformer.resblocks[0].mlp.c_fc.weight,
                            scorer.visual.transformer.resblocks[0].mlp.c_fc.weight)  # fmt: skip
-    torch.testing.assert_close(scorer(x, boxes), before, rtol=0, atol=0)
-    # sharing a trainable tower is refused
-    cfg.merge_from_list(["MODEL.OVD.VLM_SCORER.FROZEN_COPY", False])
-    with pytest.raises(ValueError, match="FROZEN_COPY"):
-        build_vlm_scorer(cfg, backbone=backbone)
+    torch.testing.assert_close(scorer(x, None, boxes), before, rtol=0, atol=0)
 
 
 def test_scorer_outputs_are_not_differentiable_and_batch_order(tiny_vit):
-    scorer = build_vlm_scorer("dense", copy.deepcopy(tiny_vit.visual), frozen_copy=False)
+    scorer = DenseRegionScorer(tiny_vit.visual)
     x = torch.randn(2, 3, 64, 64, requires_grad=True)
     boxes = [torch.tensor([[0.0, 0.0, 32.0, 32.0]]), torch.tensor([[0.0, 0.0, 32.0, 32.0]])]
-    out = scorer(x, boxes)
+    out = scorer(x, None, boxes)
     assert not out.requires_grad
-    torch.testing.assert_close(out[1], scorer(x[1:], boxes[1:])[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out[1], scorer(x[1:], None, boxes[1:])[0], atol=1e-5, rtol=1e-5)
+
+
+def test_a_scorer_registered_outside_the_package_is_built_and_used():
+    calls = []
+
+    class ConstantScorer(VLMRegionScorer):
+        embed_dim = 64
+
+        def forward(self, images, features, boxes, box_features=None):
+            calls.append(box_features.shape)
+            n = sum(len(b) for b in boxes)
+            return F.normalize(torch.ones(n, 64), dim=1)
+
+    @VLM_SCORER_REGISTRY.register()
+    def test_constant_scorer(cfg, **context):
+        return ConstantScorer()
+
+    try:
+        from detectron2.modeling import build_model
+
+        cfg = load_test_config("tiny_fvlm", **{"MODEL.OVD.VLM_SCORER.NAME": "test_constant_scorer"})
+        model = build_model(cfg).eval()
+        assert isinstance(model.roi_heads.vlm_scorer, ConstantScorer)
+        with torch.no_grad():
+            model([{"image": torch.randint(0, 255, (3, 64, 64)).float()}])
+        assert calls and calls[0][0] > 0
+    finally:
+        VLM_SCORER_REGISTRY._obj_map.pop("test_constant_scorer")

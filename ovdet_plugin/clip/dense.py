@@ -309,18 +309,22 @@ class DenseCLIPViT(nn.Module):
     def project(
         self, x: torch.Tensor, grid: Tuple[int, int], *, normalize: bool = True
     ) -> torch.Tensor:
-        """Final norm + projection of every patch token (METHODS.md 3.1), optionally L2-normalised.
+        """Final norm + projection of every patch token (CLIPSelf "v2" extractor), optionally
+        L2-normalised.
 
         Args:
             x: (B, 1 + h*w, C) output tokens of the last block.
         Returns:
             (B, D, h, w) map in CLIP's joint embedding space.
         """
-        tokens = self.visual.ln_post(x[:, 1:]) @ self.visual.proj  # ln_post, @ proj
+        return self.project_map(self.tokens_to_map(x, grid), normalize=normalize)
+
+    def project_map(self, fmap: torch.Tensor, *, normalize: bool = True) -> torch.Tensor:
+        """:meth:`project` on a patch map: (B, C, h, w) last-block map -> (B, D, h, w)."""
+        tokens = self.visual.ln_post(fmap.permute(0, 2, 3, 1)) @ self.visual.proj  # ln_post, proj
         if normalize:
             tokens = F.normalize(tokens, dim=-1)
-        B, _, D = tokens.shape
-        return tokens.transpose(1, 2).reshape(B, D, grid[0], grid[1])
+        return tokens.permute(0, 3, 1, 2)
 
     def forward(
         self, images: torch.Tensor, *, window_size: int = 0, window_block_indexes=()

@@ -133,6 +133,9 @@ class Method:
     opts: List[str] = field(default_factory=list)
 
 
+# vild.yaml without its second branch and ensemble (one-branch ViLD: text, image, text + image)
+NO_ENSEMBLE = ["MODEL.OVD.VLM_SCORER.NAME", "", "MODEL.OVD.FUSION.RULE", ""]
+
 METHODS = {
     "fvlm": Method("fvlm", "F-VLM", "fvlm.yaml", fused=True),
     "vild": Method("vild", "ViLD (ensemble)", "vild.yaml", fused=False, vild=True),
@@ -148,7 +151,7 @@ ABLATIONS = {
         "ViLD-text",
         "vild.yaml",
         fused=False,
-        opts=["MODEL.OVD.VILD.ENSEMBLE", "False"],
+        opts=NO_ENSEMBLE,
     ),
     "vild_image": Method(
         "vild_image",
@@ -156,7 +159,7 @@ ABLATIONS = {
         "vild.yaml",
         fused=False,
         vild=True,
-        opts=["MODEL.OVD.VILD.ENSEMBLE", "False", "MODEL.OVD.VILD.TEXT_WEIGHT", "0.0"],
+        opts=NO_ENSEMBLE + ["MODEL.OVD.VILD.TEXT_WEIGHT", "0.0"],
     ),
     "vild_text_image": Method(
         "vild_text_image",
@@ -164,7 +167,7 @@ ABLATIONS = {
         "vild.yaml",
         fused=False,
         vild=True,
-        opts=["MODEL.OVD.VILD.ENSEMBLE", "False"],
+        opts=NO_ENSEMBLE,
     ),
     "fvit_no_clipself": Method(
         "fvit_no_clipself", "F-ViT without CLIPSelf", "fvit_clipself.yaml", True

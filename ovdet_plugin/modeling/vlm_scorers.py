@@ -1,65 +1,84 @@
-"""VLM region scorers: L2-normalised CLIP-space embeddings of boxes, from a frozen CLIP tower.
+"""VLM region scorers: L2-normalised CLIP-space embeddings of boxes, for test-time score fusion.
 
-One interface, three methods (DESIGN.md; METHODS.md 2.3, 3.2, 4.3):
+**Contract.** A scorer is an ``nn.Module`` (:class:`VLMRegionScorer`) called as::
 
-- ``"attnpool"`` (:class:`AttnPoolRegionScorer`, F-VLM): RoIAlign on the frozen C5 map (stride
-  32) at the attention-pool grid size (7 for RN50 at 224, 9 / 12 / 14 for RN50x4 / x16 / x64),
-  then CLIP's own attention pool.
-- ``"dense"`` (:class:`DenseRegionScorer`, F-ViT): 1x1 RoIAlign on the CLIPSelf dense map
-  (value-only last block, :class:`ovdet_plugin.clip.dense.DenseCLIPViT`), re-normalised.
-- ``"avgpool"`` (:class:`AvgPoolRegionScorer`, RO-ViT): RoIAlign (14x14) on the last ViT map
-  projected to CLIP space, then the mean.
+    scorer(images, features, boxes, box_features) -> (R, D) L2-normalised embeddings
 
-Every scorer owns its tower frozen (no gradient, eval mode, ``no_grad``), so it can run on a
-frozen copy of the CLIP tower while the detector's backbone is fine-tuned
-(``MODEL.OVD.VLM_SCORER.FROZEN_COPY``). Boxes are in input-image pixels (x0, y0, x1, y1) of the
-tensor given to :meth:`VLMRegionScorer.forward` (Detectron2's padded ``images.tensor``).
+- ``images``: (B, 3, H, W) the detector's normalised, padded input (``ImageList.tensor``);
+- ``features``: the detector backbone's output dict (a scorer sharing the frozen CLIP tower reads
+  ``features[CLIP_TOWER_FEATURE]``);
+- ``boxes``: per image, (R_i, 4) boxes in input pixels (``Boxes`` or tensors);
+- ``box_features``: (R, C, r, r) the ROI heads' pooled box features of the same boxes;
+- returns (sum R_i, D), in the order of the boxes; D is the text classifier's width.
+
+Scorers are built by name (``MODEL.OVD.VLM_SCORER.NAME``) from :data:`VLM_SCORER_REGISTRY`, whose
+entries are builders ``name(cfg, *, backbone=None, box_head=None, box_predictor=None) ->
+VLMRegionScorer``. Registered here:
+
+- ``attnpool`` (F-VLM): RoIAlign on the frozen C5 map at the attention-pool grid, then CLIP's own
+  attention pool (:func:`attention_pool_regions`, exact and ~35x cheaper than open_clip's
+  per-region call).
+- ``dense`` (F-ViT / CLIPSelf): 1x1 RoIAlign on the CLIPSelf dense map (value-only last block).
+- ``avgpool`` (RO-ViT): RoIAlign (14x14) on the last ViT map projected to CLIP space, the mean.
+- ``vild_image`` (ViLD-ensemble): ViLD's second, distilled branch on the pooled box features.
+
+**One tower.** When the detector's backbone holds the frozen CLIP tower (F-VLM, F-ViT), the tower
+scorers read the backbone's own map (the backbone exposes it under ``CLIP_TOWER_FEATURE``) and
+keep no copy. A frozen copy is taken only when the backbone trains (RO-ViT, a fine-tuned F-ViT)
+or when ``MODEL.OVD.VLM_SCORER.FROZEN_COPY`` asks for one. Without a CLIP backbone (a user's own
+meta-architecture) the scorer builds its tower from ``MODEL.OVD.CLIP``.
+
+**Crop convention** (``MODEL.OVD.VLM_SCORER.CROP_CONVENTION``): "official" crops as each
+method's official code does: F-VLM and RO-ViT (fvlm ``multilevel_crop_and_resize``) take one
+sample per bin with no half-pixel shift (torchvision ``roi_align(aligned=False,
+sampling_ratio=1)``; equal for boxes of at least one cell), CLIPSelf uses ``aligned=True`` with
+adaptive sampling. "detectron2" uses Detectron2's ROIAlignV2 convention (``aligned=True``,
+``POOLER_SAMPLING_RATIO``) for every scorer.
 """
 
 import copy
 import logging
-from typing import Callable, Dict, Optional, Sequence, Union
+from typing import Dict, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from detectron2.structures import Boxes
+from detectron2.utils.registry import Registry
 from torch import nn
 from torchvision.ops import roi_align
 
 from ..clip.dense import DenseCLIPViT, is_open_clip_vit
-from .backbone.clip_resnet import is_open_clip_resnet
-from .backbone.utils import build_clip_visual, clip_backbone_source, freeze_module
+from .backbone.clip_resnet import CLIPResNet, is_open_clip_resnet
+from .backbone.clip_vit import CLIPViT
+from .backbone.utils import CLIP_TOWER_FEATURE, build_clip_visual, clip_backbone_source
 
 __all__ = [
-    "VLM_SCORERS",
+    "CLIP_TOWER_FEATURE",
+    "VLM_SCORER_REGISTRY",
     "AttnPoolRegionScorer",
     "AvgPoolRegionScorer",
     "DenseRegionScorer",
     "VLMRegionScorer",
+    "ViLDImageBranchScorer",
+    "attention_pool_regions",
     "build_vlm_scorer",
     "find_clip_tower",
-    "register_vlm_scorer",
 ]
 
 logger = logging.getLogger(__name__)
 
 BoxesLike = Union[torch.Tensor, Boxes, Sequence[Union[torch.Tensor, Boxes]]]
 
-#: name -> scorer class; extend with :func:`register_vlm_scorer`.
-VLM_SCORERS: Dict[str, type] = {}
+VLM_SCORER_REGISTRY = Registry("OVD_VLM_SCORER")
+VLM_SCORER_REGISTRY.__doc__ = """
+VLM region scorers, by name (``MODEL.OVD.VLM_SCORER.NAME``). Each entry is a builder
+``name(cfg, *, backbone=None, box_head=None, box_predictor=None) -> VLMRegionScorer``; the module
+it returns follows the call contract of :mod:`ovdet_plugin.modeling.vlm_scorers`.
+"""
 
-
-def register_vlm_scorer(name: str) -> Callable[[type], type]:
-    """Class decorator adding a :class:`VLMRegionScorer` subclass under ``name``."""
-
-    def deco(cls: type) -> type:
-        if name in VLM_SCORERS:
-            raise KeyError(f"VLM scorer {name!r} is already registered ({VLM_SCORERS[name]}).")
-        VLM_SCORERS[name] = cls
-        cls.name = name
-        return cls
-
-    return deco
+CROP_CONVENTIONS = ("official", "detectron2")
+# Regions per chunk of the attention pool: bounds the (chunk, heads, C) intermediates.
+ATTNPOOL_CHUNK = 256
 
 
 def _boxes_to_rois(boxes: BoxesLike, device: torch.device) -> torch.Tensor:
@@ -77,44 +96,88 @@ def _boxes_to_rois(boxes: BoxesLike, device: torch.device) -> torch.Tensor:
 
 
 class VLMRegionScorer(nn.Module):
-    """Interface: ``forward(images, boxes) -> (R, D)`` L2-normalised CLIP-space region embeddings.
-
-    Subclasses define :meth:`extract` (images -> the map regions are pooled from) and
-    :meth:`pool` (map + boxes -> embeddings). A caller that already has the map (e.g. the C5 of
-    a frozen backbone sharing the tower) can call :meth:`pool` directly. The tower is frozen.
-    """
-
-    name: str = ""
-    #: which tower kinds the scorer accepts: "resnet" or "vit"
-    tower_kind: str = ""
-
-    def __init__(self, *, pooler_resolution: int, sampling_ratio: int = -1):
-        """Subclasses register their tower module, then call :meth:`_freeze`."""
-        super().__init__()
-        self.pooler_resolution = int(pooler_resolution)
-        self.sampling_ratio = int(sampling_ratio)
-
-    def _freeze(self) -> None:
-        freeze_module(self)
-
-    def train(self, mode: bool = True):
-        """The scorer's tower is always frozen: it stays in eval mode."""
-        return super().train(False)
-
-    @property
-    def feature_stride(self) -> int:
-        raise NotImplementedError
+    """Base class of the scorers: see the module docstring for the call contract."""
 
     @property
     def embed_dim(self) -> int:
+        """D, the width of the returned embeddings."""
         raise NotImplementedError
 
-    def extract(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) CLIP-normalised images -> (B, C, H/stride, W/stride) map."""
+    def forward(
+        self,
+        images: torch.Tensor,
+        features: Dict[str, torch.Tensor],
+        boxes: BoxesLike,
+        box_features: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         raise NotImplementedError
 
-    def pool(self, feature_map: torch.Tensor, boxes: BoxesLike) -> torch.Tensor:
-        """(B, C, h, w) map + boxes per image (pixels) -> (R, D) normalised embeddings."""
+
+class _TowerScorer(VLMRegionScorer):
+    """A scorer on a frozen open_clip vision tower: RoIAlign on one of its maps, then a pooling.
+
+    The tower is either owned (a registered submodule: a frozen copy or a tower built for the
+    scorer) or shared with the detector's frozen backbone (held outside the module tree, so it
+    is neither saved twice nor counted twice). With ``reads_backbone_map`` the scorer pools the
+    backbone's ``CLIP_TOWER_FEATURE`` map; otherwise it runs the tower on the images itself.
+    """
+
+    tower_kind: str = ""  # "resnet" or "vit"
+    #: (aligned, sampling_ratio) of the method's official code (the "official" crop convention)
+    official_crop = (True, -1)
+
+    def __init__(
+        self,
+        visual: nn.Module,
+        *,
+        pooler_resolution: int,
+        aligned: Optional[bool] = None,
+        sampling_ratio: Optional[int] = None,
+        shared: bool = False,
+        reads_backbone_map: bool = False,
+    ):
+        """
+        Args:
+            visual: the open_clip vision tower (frozen here when owned).
+            pooler_resolution: RoIAlign output size.
+            aligned, sampling_ratio: torchvision ``roi_align`` arguments; None = the method's
+                official crop (``official_crop``).
+            shared: the tower belongs to the detector's frozen backbone (not a submodule here).
+            reads_backbone_map: pool ``features[CLIP_TOWER_FEATURE]`` instead of running the
+                tower on the images.
+        """
+        super().__init__()
+        self.pooler_resolution = int(pooler_resolution)
+        self.aligned = bool(self.official_crop[0] if aligned is None else aligned)
+        self.sampling_ratio = int(
+            self.official_crop[1] if sampling_ratio is None else sampling_ratio
+        )
+        self.shared = bool(shared)
+        self.reads_backbone_map = bool(reads_backbone_map)
+        if shared:  # a plain attribute: not a submodule, not in this module's state dict
+            object.__setattr__(self, "visual", visual)
+        else:
+            self.visual = visual
+            for p in visual.parameters():
+                p.requires_grad_(False)
+        visual.eval()
+
+    def train(self, mode: bool = True):
+        """The scorer is always frozen: it stays in eval mode."""
+        return super().train(False)
+
+    @property
+    def tower_stride(self) -> int:
+        """Stride of the tower map (:meth:`tower_map`) in input pixels."""
+        raise NotImplementedError
+
+    def tower_map(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) images -> (B, C, H/stride, W/stride): the tower map the scorer reads, as
+        the backbone exposes it under ``CLIP_TOWER_FEATURE``."""
+        raise NotImplementedError
+
+    def pool(self, tower_map: torch.Tensor, boxes: BoxesLike) -> torch.Tensor:
+        """(B, C, h, w) tower map + boxes per image (pixels) -> (R, D) normalised embeddings."""
         raise NotImplementedError
 
     def _roi_align(self, feature_map: torch.Tensor, boxes: BoxesLike) -> torch.Tensor:
@@ -123,157 +186,218 @@ class VLMRegionScorer(nn.Module):
             feature_map,
             rois,
             output_size=self.pooler_resolution,
-            spatial_scale=1.0 / self.feature_stride,
+            spatial_scale=1.0 / self.tower_stride,
             sampling_ratio=self.sampling_ratio,
-            aligned=True,
+            aligned=self.aligned,
         )
 
-    def forward(self, images: torch.Tensor, boxes: BoxesLike) -> torch.Tensor:
-        """
-        Args:
-            images: (B, 3, H, W) CLIP-normalised images; H, W multiples of the tower's stride
-                (patch size for ViTs).
-            boxes: per image, (R_i, 4) pixel boxes (tensor or ``Boxes``); a single tensor for B=1.
-        Returns:
-            (sum R_i, D) L2-normalised region embeddings, in the order of the boxes.
-        """
+    def forward(self, images, features=None, boxes=(), box_features=None) -> torch.Tensor:
         with torch.no_grad():
-            return self.pool(self.extract(images), boxes)
+            if self.reads_backbone_map:
+                if not features or CLIP_TOWER_FEATURE not in features:
+                    raise RuntimeError(
+                        f"The VLM scorer reads the backbone's {CLIP_TOWER_FEATURE!r} map, which "
+                        "the backbone output lacks: pass the detector's backbone features."
+                    )
+                tower_map = features[CLIP_TOWER_FEATURE]
+            else:
+                tower_map = self.tower_map(images)
+            return self.pool(tower_map, boxes)
+
+    def extra_repr(self) -> str:
+        source = "backbone map" if self.reads_backbone_map else "own forward"
+        return (
+            f"tower={'shared' if self.shared else 'owned'}, reads={source}, "
+            f"roi_align={self.pooler_resolution}x{self.pooler_resolution} "
+            f"aligned={self.aligned} sampling_ratio={self.sampling_ratio}"
+        )
 
 
-@register_vlm_scorer("attnpool")
-class AttnPoolRegionScorer(VLMRegionScorer):
-    """F-VLM (METHODS.md 2.3): RoIAlign on frozen C5, then CLIP's attention pool.
+def attention_pool_regions(attnpool: nn.Module, crops: torch.Tensor, chunk: int = ATTNPOOL_CHUNK):
+    """open_clip's ``AttentionPool2d`` on every region, computing only what it returns.
+
+    open_clip's pool runs attention for all 1 + g² tokens and returns the first (the mean-token
+    query). Only that query matters, and projections are linear, so per region and head h
+    (q_h = (W_q t_0 + b_q)_h / sqrt(d), tokens t_j = x_j + pos_j, j = 0..g²)::
+
+        logit_hj = q_h . (W_k t_j + b_k)_h = (W_k,h^T q_h) . t_j + q_h . b_k,h
+        out_h    = sum_j a_hj (W_v t_j + b_v)_h = W_v,h (sum_j a_hj t_j) + b_v,h   (sum_j a_hj = 1)
+
+    so no key or value is ever projected: cost per region ~ 3 C² + 2 heads (1 + g²) C + C D
+    instead of (1 + g²)(3 C² + C D). The crops come from RoIAlign, whose weights no longer sum to
+    one for boxes partly outside the image; the identity above never assumes they do (the biases
+    are added after the pooled features, exactly as open_clip does).
+
+    Args:
+        attnpool: open_clip ``AttentionPool2d`` (positional embedding of g² + 1 entries).
+        crops: (R, C, g, g) RoIAlign output of the C5 map.
+        chunk: regions per chunk (memory: chunk x heads x C floats).
+    Returns:
+        (R, D) the pool's output (not normalised).
+    """
+    R, C, gh, gw = crops.shape
+    heads = attnpool.num_heads
+    dh = C // heads
+    w_q, w_k, w_v = (m.weight for m in (attnpool.q_proj, attnpool.k_proj, attnpool.v_proj))
+    b_q, b_k, b_v = (m.bias for m in (attnpool.q_proj, attnpool.k_proj, attnpool.v_proj))
+    w_k_heads = w_k.reshape(heads, dh, C)
+    w_v_heads = w_v.reshape(heads, dh, C)
+    pos = attnpool.positional_embedding.to(crops.dtype)  # (1 + g², C)
+    outputs = []
+    for start in range(0, R, chunk):
+        x = crops[start : start + chunk].flatten(2).transpose(1, 2)  # (r, g², C)
+        tokens = torch.cat([x.mean(dim=1, keepdim=True), x], dim=1) + pos  # (r, 1 + g², C)
+        q = F.linear(tokens[:, 0], w_q, b_q).reshape(-1, heads, dh) * dh**-0.5  # (r, h, d)
+        q_keys = torch.einsum("rhd,hdc->rhc", q, w_k_heads)  # W_k,h^T q_h: (r, h, C)
+        logits = torch.einsum("rhc,rjc->rhj", q_keys, tokens)
+        logits = logits + (q * b_k.reshape(heads, dh)).sum(-1, keepdim=True)
+        attn = logits.softmax(dim=-1)  # (r, h, 1 + g²)
+        mixed = torch.einsum("rhj,rjc->rhc", attn, tokens)  # (r, h, C)
+        values = torch.einsum("rhc,hdc->rhd", mixed, w_v_heads) + b_v.reshape(heads, dh)
+        outputs.append(attnpool.c_proj(values.reshape(-1, C)))
+    if not outputs:
+        return crops.new_zeros((0, attnpool.c_proj.out_features))
+    return torch.cat(outputs, dim=0)
+
+
+class AttnPoolRegionScorer(_TowerScorer):
+    """F-VLM (Kuo et al. 2023, Sec. 3.3; fvlm/modeling/task_heads.py ``ClipFasterRCNNHead``):
+    RoIAlign on the frozen C5 map (stride 32), then CLIP's attention pool.
 
     The RoIAlign output must equal the attention-pool grid (its positional embedding has
-    grid² + 1 entries; METHODS 6.4), 7 for RN50 at 224.
+    grid² + 1 entries): 7 for RN50 at 224, 9 / 12 / 14 for RN50x4 / x16 / x64.
     """
 
     tower_kind = "resnet"
+    official_crop = (False, 1)  # fvlm multilevel_crop_and_resize: no half-pixel shift
 
-    def __init__(self, visual: nn.Module, *, pooler_resolution: int = 0, sampling_ratio: int = -1):
-        """
-        Args:
-            visual: open_clip ``ModifiedResNet``.
-            pooler_resolution: 0 = the attention-pool grid; any other value must equal it.
-            sampling_ratio: RoIAlign sampling ratio (<= 0 adaptive).
-        """
+    def __init__(self, visual: nn.Module, *, pooler_resolution: int = 0, **kwargs):
         n_pos = visual.attnpool.positional_embedding.shape[0] - 1
         grid = int(round(n_pos**0.5))
         if pooler_resolution and pooler_resolution != grid:
             raise ValueError(
                 f"VLM_SCORER.POOLER_RESOLUTION {pooler_resolution} does not fit the CLIP "
                 f"attention pool, whose positional embedding covers a {grid}x{grid} grid "
-                f"(image_size / 32, METHODS 2.3). Set it to {grid} or 0."
+                f"(image_size / 32). Set it to {grid} or 0."
             )
-        super().__init__(pooler_resolution=grid, sampling_ratio=sampling_ratio)
-        self.visual = visual
-        self._freeze()
+        super().__init__(visual, pooler_resolution=grid, **kwargs)
 
     @property
-    def feature_stride(self) -> int:
+    def tower_stride(self) -> int:
         return 32
 
     @property
     def embed_dim(self) -> int:
         return self.visual.attnpool.c_proj.out_features
 
-    def extract(self, images: torch.Tensor) -> torch.Tensor:
+    def tower_map(self, images: torch.Tensor) -> torch.Tensor:
         v = self.visual
-        x = v.stem(images)
-        return v.layer4(v.layer3(v.layer2(v.layer1(x))))  # C5, stride 32
+        return v.layer4(v.layer3(v.layer2(v.layer1(v.stem(images)))))  # C5, stride 32
 
-    def pool(self, feature_map: torch.Tensor, boxes: BoxesLike) -> torch.Tensor:
-        crops = self._roi_align(feature_map, boxes)  # (R, C, g, g)
-        if crops.shape[0] == 0:
-            return crops.new_zeros((0, self.embed_dim))
-        emb = self.visual.attnpool(crops)  # CLIP AttentionPool2d: mean-token query + pos. emb.
-        return F.normalize(emb, dim=-1)
+    def pool(self, tower_map: torch.Tensor, boxes: BoxesLike) -> torch.Tensor:
+        crops = self._roi_align(tower_map, boxes)  # (R, C, g, g)
+        return F.normalize(attention_pool_regions(self.visual.attnpool, crops), dim=-1)
 
 
-class _ViTTowerScorer(VLMRegionScorer):
-    """Shared part of the ViT scorers: a frozen ``DenseCLIPViT`` wrapping the open_clip tower."""
+class _ViTTowerScorer(_TowerScorer):
+    """Shared part of the ViT scorers: the tower wrapped in :class:`DenseCLIPViT`."""
 
     tower_kind = "vit"
+    #: the last block the scorer's map comes from runs value-only (CLIPSelf) or not
+    value_only_last: bool = False
 
-    def __init__(self, visual: nn.Module, *, pooler_resolution: int, sampling_ratio: int = -1):
-        super().__init__(pooler_resolution=pooler_resolution, sampling_ratio=sampling_ratio)
-        self.dense = DenseCLIPViT(visual)
-        self._freeze()
-
-    @property
-    def visual(self) -> nn.Module:
-        return self.dense.visual
+    def __init__(self, visual: nn.Module, **kwargs):
+        super().__init__(visual, **kwargs)
+        # the wrapper adds no parameter; a plain attribute keeps the tower out of the module tree
+        object.__setattr__(self, "dense", DenseCLIPViT(visual))
 
     @property
-    def feature_stride(self) -> int:
+    def tower_stride(self) -> int:
         return self.dense.patch_size[0]
 
     @property
     def embed_dim(self) -> int:
         return self.dense.embed_dim
 
+    def tower_map(self, images: torch.Tensor) -> torch.Tensor:
+        x, grid = self.dense.embed(images)
+        x, _ = self.dense.run_blocks(x, grid, value_only_last=self.value_only_last)
+        return DenseCLIPViT.tokens_to_map(x, grid)
 
-@register_vlm_scorer("dense")
+
 class DenseRegionScorer(_ViTTowerScorer):
-    """F-ViT / CLIPSelf (METHODS.md 3.2): 1x1 RoIAlign (aligned, adaptive sampling) on the
-    L2-normalised dense map (value-only last block), then L2-normalised again."""
+    """F-ViT / CLIPSelf (Wu et al. 2024; CLIPSelf ``extract_roi_features``, F-ViT
+    ``FViTRoIHead``): 1x1 RoIAlign on the L2-normalised dense map (value-only last block, final
+    norm, projection), then L2-normalised again."""
 
-    def __init__(
-        self,
-        visual: nn.Module,
-        *,
-        pooler_resolution: int = 0,
-        sampling_ratio: int = -1,
-        window_size: int = 0,
-        window_block_indexes: Sequence[int] = (),
-    ):
-        super().__init__(
-            visual, pooler_resolution=pooler_resolution or 1, sampling_ratio=sampling_ratio
-        )
-        self.window_size = int(window_size)
-        self.window_block_indexes = tuple(window_block_indexes)
+    value_only_last = True
+    official_crop = (True, -1)  # CLIPSelf extract_roi_features: aligned, adaptive sampling
 
-    def extract(self, images: torch.Tensor) -> torch.Tensor:
-        return self.dense(
-            images, window_size=self.window_size, window_block_indexes=self.window_block_indexes
-        )
+    def __init__(self, visual: nn.Module, *, pooler_resolution: int = 0, **kwargs):
+        super().__init__(visual, pooler_resolution=pooler_resolution or 1, **kwargs)
 
-    def pool(self, feature_map: torch.Tensor, boxes: BoxesLike) -> torch.Tensor:
-        crops = self._roi_align(feature_map, boxes)  # (R, D, r, r)
+    def pool(self, tower_map: torch.Tensor, boxes: BoxesLike) -> torch.Tensor:
+        dense = self.dense.project_map(tower_map)  # (B, D, h, w), normalised per location
+        crops = self._roi_align(dense, boxes)
         return F.normalize(crops.mean(dim=(2, 3)), dim=-1)
 
 
-@register_vlm_scorer("avgpool")
 class AvgPoolRegionScorer(_ViTTowerScorer):
-    """RO-ViT (METHODS.md 4.3): RoIAlign (14x14) on the last ViT map, then the mean.
+    """RO-ViT (Kim et al. 2023, Sec. 3.3; DITO ``AveragePool`` roi_head_fn): RoIAlign (14x14) on
+    the last ViT map in CLIP space, then the mean.
 
-    The map is the last block's patch tokens after the final norm and projection (CLIP space;
-    projection is linear, so mean-then-project equals project-then-mean). A tower whose
-    ``final_ln_after_pool`` is set pools first and normalises after, as its own pooling does.
+    Final norm and projection: the projection is linear, so mean-then-project equals
+    project-then-mean; a tower whose ``final_ln_after_pool`` is set pools first and normalises
+    after, as its own pooling does.
     """
 
-    def __init__(self, visual: nn.Module, *, pooler_resolution: int = 0, sampling_ratio: int = -1):
-        super().__init__(
-            visual, pooler_resolution=pooler_resolution or 14, sampling_ratio=sampling_ratio
-        )
+    official_crop = (False, 1)  # the F-VLM codebase's crop_and_resize (DITO)
+
+    def __init__(self, visual: nn.Module, *, pooler_resolution: int = 0, **kwargs):
+        super().__init__(visual, pooler_resolution=pooler_resolution or 14, **kwargs)
         self.ln_after_pool = bool(getattr(self.visual, "final_ln_after_pool", False))
 
-    def extract(self, images: torch.Tensor) -> torch.Tensor:
-        x, grid = self.dense.embed(images)
-        x, _ = self.dense.run_blocks(x, grid)
-        if self.ln_after_pool:
-            return DenseCLIPViT.tokens_to_map(x, grid)  # pooled, then ln_post + proj
-        return self.dense.project(x, grid, normalize=False)
-
-    def pool(self, feature_map: torch.Tensor, boxes: BoxesLike) -> torch.Tensor:
-        crops = self._roi_align(feature_map, boxes)
-        pooled = crops.mean(dim=(2, 3))  # average pool (RO-ViT roi_head_fn = AveragePool)
+    def pool(self, tower_map: torch.Tensor, boxes: BoxesLike) -> torch.Tensor:
+        if not self.ln_after_pool:
+            tower_map = self.dense.project_map(tower_map, normalize=False)
+        pooled = self._roi_align(tower_map, boxes).mean(dim=(2, 3))  # average pool
         if self.ln_after_pool:
             pooled = self.visual.ln_post(pooled) @ self.visual.proj
         return F.normalize(pooled, dim=-1)
 
 
+class ViLDImageBranchScorer(VLMRegionScorer):
+    """ViLD-ensemble's image branch (Gu et al. 2022, Sec. 3.4; vild ``visual_feature_distill:
+    double_branch``): its own copy of the box head and projection (the ``distill-*`` layers),
+    trained by the ViLD-image distillation loss on the distillation RoIs only, and read at test
+    time on the pooled box features. Trainable, unlike the tower scorers."""
+
+    def __init__(self, box_head: nn.Module, projection: nn.Module):
+        """
+        Args:
+            box_head: a copy of the detector's box head (same architecture, own weights).
+            projection: a copy of the predictor's projection to the CLIP width.
+        """
+        super().__init__()
+        self.box_head = box_head
+        self.projection = projection
+
+    @property
+    def embed_dim(self) -> int:
+        return self.projection.out_features
+
+    def embed(self, box_features: torch.Tensor) -> torch.Tensor:
+        """(R, C, r, r) pooled box features -> (R, D) normalised embeddings."""
+        x = self.box_head(box_features).flatten(start_dim=1)
+        return F.normalize(self.projection(x), dim=1)
+
+    def forward(self, images, features=None, boxes=(), box_features=None) -> torch.Tensor:
+        if box_features is None:
+            raise ValueError("The ViLD image branch scores the pooled box features: pass them.")
+        return self.embed(box_features)
+
+
+# ---- building ------------------------------------------------------------------------------
 def _tower_kind(visual: nn.Module) -> str:
     if is_open_clip_resnet(visual):
         return "resnet"
@@ -283,107 +407,147 @@ def _tower_kind(visual: nn.Module) -> str:
 
 
 def find_clip_tower(module: nn.Module) -> Optional[nn.Module]:
-    """The open_clip vision tower inside a backbone (or any module), or None."""
+    """The ovdet CLIP backbone trunk (:class:`CLIPResNet` / :class:`CLIPViT`) inside a backbone,
+    or None."""
     for m in module.modules():
-        if is_open_clip_resnet(m) or is_open_clip_vit(m):
+        if isinstance(m, (CLIPResNet, CLIPViT)):
             return m
     return None
 
 
-def build_vlm_scorer(
-    cfg_or_name,
-    visual: Optional[nn.Module] = None,
-    *,
-    backbone: Optional[nn.Module] = None,
-    frozen_copy: Optional[bool] = None,
-    **kwargs,
-) -> Optional[VLMRegionScorer]:
-    """Build a VLM region scorer.
-
-    Args:
-        cfg_or_name: a Detectron2 config (reads ``MODEL.OVD.VLM_SCORER.*`` and, without a tower,
-            ``MODEL.OVD.BACKBONE`` / ``MODEL.OVD.CLIP`` to build one) or a scorer name
-            ("attnpool", "dense", "avgpool").
-        visual: the open_clip vision tower (``clip_model.visual``) to score with.
-        backbone: alternatively, a backbone containing a CLIP tower (e.g. the detector's).
-        frozen_copy: deep-copy the tower (default: ``VLM_SCORER.FROZEN_COPY`` with a config,
-            True with a name), so the scorer stays frozen while the backbone trains. Without a
-            copy the scorer freezes the tower it is given; sharing a backbone's trainable tower
-            is refused.
-        kwargs: with a name, the scorer's keyword arguments (``pooler_resolution``, ...).
-    Returns:
-        the scorer, or None when the config's ``VLM_SCORER.NAME`` is "".
-    Raises:
-        KeyError: unknown scorer name. ValueError: the scorer does not fit the tower type
-        (a ResNet scorer on a ViT or the reverse) or the tower cannot be found.
-    """
-    cfg = None
-    if isinstance(cfg_or_name, str):
-        name = cfg_or_name
-    else:
-        cfg = cfg_or_name
-        sc = cfg.MODEL.OVD.VLM_SCORER
-        name = sc.NAME
-        if not name:
-            return None
-        kwargs = {
-            "pooler_resolution": sc.POOLER_RESOLUTION,
-            "sampling_ratio": sc.POOLER_SAMPLING_RATIO,
-            **kwargs,
-        }
-        if frozen_copy is None:
-            frozen_copy = sc.FROZEN_COPY
-    if name not in VLM_SCORERS:
-        raise KeyError(
-            f"Unknown VLM scorer {name!r} (MODEL.OVD.VLM_SCORER.NAME); known: "
-            f"{sorted(VLM_SCORERS)}."
+def _crop_args(cfg) -> dict:
+    """roi_align arguments of ``CROP_CONVENTION``: {} (each scorer's official crop) or
+    Detectron2's aligned sampling."""
+    sc = cfg.MODEL.OVD.VLM_SCORER
+    if sc.CROP_CONVENTION not in CROP_CONVENTIONS:
+        raise ValueError(
+            f"MODEL.OVD.VLM_SCORER.CROP_CONVENTION must be one of {list(CROP_CONVENTIONS)}, got "
+            f"{sc.CROP_CONVENTION!r}."
         )
-    cls = VLM_SCORERS[name]
-    frozen_copy = True if frozen_copy is None else bool(frozen_copy)
+    if sc.CROP_CONVENTION == "official":
+        return {}
+    return {"aligned": True, "sampling_ratio": sc.POOLER_SAMPLING_RATIO}
 
-    from_backbone = visual is None and backbone is not None
-    if from_backbone:
-        visual = find_clip_tower(backbone)
-        if visual is None:
-            raise ValueError(
-                f"VLM scorer {name!r}: the backbone {type(backbone).__name__} holds no open_clip "
-                "vision tower; pass the tower (clip_model.visual) or use a CLIP backbone."
-            )
-    if visual is None:
-        if cfg is None:
-            raise ValueError(f"VLM scorer {name!r} needs a CLIP tower, a backbone or a config.")
+
+def _why_not_backbone_map(scorer_cls, trunk) -> str:
+    """Why the frozen backbone trunk does not compute the map the scorer pools ("" if it does)."""
+    if scorer_cls.tower_kind == "vit" and trunk.value_only_last_block != scorer_cls.value_only_last:
+        mode = {True: "value-only", False: "with attention"}
+        return (
+            f"the backbone runs its last block {mode[trunk.value_only_last_block]}, the scorer "
+            f"needs it {mode[scorer_cls.value_only_last]}"
+        )
+    return ""
+
+
+def _build_tower_scorer(cfg, scorer_cls, backbone: Optional[nn.Module]):
+    """Place the scorer on the right tower: the frozen backbone's (shared, reading its map), a
+    frozen copy of a training backbone's, or one built from ``MODEL.OVD.CLIP``."""
+    trunk = find_clip_tower(backbone) if backbone is not None else None
+    if trunk is None:
         model_name, pretrained = clip_backbone_source(cfg)
         visual = build_clip_visual(model_name, pretrained)
-        frozen_copy = False  # freshly built: nothing else holds it
-    elif _tower_kind(visual) not in ("resnet", "vit") and isinstance(
-        getattr(visual, "visual", None), nn.Module
-    ):
-        visual = visual.visual  # a whole CLIP model (or a DenseCLIPViT) was passed
-
+    else:
+        visual = trunk.visual
     kind = _tower_kind(visual)
-    if kind != cls.tower_kind:
-        fits = sorted(n for n, c in VLM_SCORERS.items() if c.tower_kind == kind)
+    if kind != scorer_cls.tower_kind:
         raise ValueError(
-            f"VLM scorer {name!r} needs a CLIP {cls.tower_kind} tower, got a {kind} tower "
-            f"({type(visual).__name__}). Scorers for this tower: {fits or 'none'} "
-            "(MODEL.OVD.VLM_SCORER.NAME)."
+            f"VLM scorer {cfg.MODEL.OVD.VLM_SCORER.NAME!r} needs a CLIP {scorer_cls.tower_kind} "
+            f"tower, got a {kind} tower ({type(visual).__name__}). Use 'attnpool' for CLIP "
+            "ResNets, 'dense' or 'avgpool' for CLIP ViTs (MODEL.OVD.VLM_SCORER.NAME)."
         )
-    if frozen_copy:
-        visual = copy.deepcopy(visual)
-    elif from_backbone and any(p.requires_grad for p in visual.parameters()):
-        raise ValueError(
-            f"VLM scorer {name!r} would share a trainable CLIP tower and freeze it. Set "
-            "MODEL.OVD.VLM_SCORER.FROZEN_COPY True (score with a frozen copy while the backbone "
-            "is fine-tuned) or freeze the backbone (MODEL.OVD.BACKBONE.FREEZE True)."
+    shared, reads_map = False, False
+    if trunk is None:
+        how = (
+            f"its own {model_name} tower (no backbone with a CLIP tower was given; "
+            "META_ARCHITECTURE 'OVRCNN' shares the detector's frozen tower)"
         )
-    scorer = cls(visual, **kwargs)
+    else:
+        trains = not trunk.freeze or any(p.requires_grad for p in visual.parameters())
+        if cfg.MODEL.OVD.VLM_SCORER.FROZEN_COPY or trains:
+            visual = copy.deepcopy(visual)
+            why = "the backbone trains" if trains else "VLM_SCORER.FROZEN_COPY is set"
+            how = f"a frozen copy of the backbone's tower ({why})"
+        else:
+            shared = True
+            reason = _why_not_backbone_map(scorer_cls, trunk)
+            reads_map = not reason
+            if reads_map:
+                trunk.expose_tower_map()
+                how = "the frozen backbone's tower, reading its map (no second forward)"
+            else:
+                how = f"the frozen backbone's tower, run a second time ({reason})"
+    scorer = scorer_cls(
+        visual,
+        pooler_resolution=cfg.MODEL.OVD.VLM_SCORER.POOLER_RESOLUTION,
+        shared=shared,
+        reads_backbone_map=reads_map,
+        **_crop_args(cfg),
+    )
     logger.info(
-        "VLM scorer %r on a %s %s tower, RoIAlign %dx%d at stride %d",
-        name,
-        "frozen copy of the" if frozen_copy else "shared",
-        kind,
+        "VLM scorer %s on %s; RoIAlign %dx%d at stride %d, aligned=%s, sampling_ratio=%d",
+        scorer_cls.__name__,
+        how,
         scorer.pooler_resolution,
         scorer.pooler_resolution,
-        scorer.feature_stride,
+        scorer.tower_stride,
+        scorer.aligned,
+        scorer.sampling_ratio,
     )
     return scorer
+
+
+@VLM_SCORER_REGISTRY.register()
+def attnpool(cfg, *, backbone=None, **_) -> AttnPoolRegionScorer:
+    """F-VLM's scorer (:class:`AttnPoolRegionScorer`)."""
+    return _build_tower_scorer(cfg, AttnPoolRegionScorer, backbone)
+
+
+@VLM_SCORER_REGISTRY.register()
+def dense(cfg, *, backbone=None, **_) -> DenseRegionScorer:
+    """CLIPSelf / F-ViT's scorer (:class:`DenseRegionScorer`)."""
+    return _build_tower_scorer(cfg, DenseRegionScorer, backbone)
+
+
+@VLM_SCORER_REGISTRY.register()
+def avgpool(cfg, *, backbone=None, **_) -> AvgPoolRegionScorer:
+    """RO-ViT's scorer (:class:`AvgPoolRegionScorer`)."""
+    return _build_tower_scorer(cfg, AvgPoolRegionScorer, backbone)
+
+
+@VLM_SCORER_REGISTRY.register()
+def vild_image(cfg, *, box_head=None, box_predictor=None, **_) -> ViLDImageBranchScorer:
+    """ViLD-ensemble's image branch: copies of the box head and projection (own weights)."""
+    if box_head is None or box_predictor is None:
+        raise ValueError(
+            "VLM scorer 'vild_image' is ViLD's second branch and is built by the ROI heads "
+            "(MODEL.ROI_HEADS.NAME 'ViLDROIHeads')."
+        )
+    return ViLDImageBranchScorer(copy.deepcopy(box_head), copy.deepcopy(box_predictor.projection))
+
+
+def build_vlm_scorer(
+    cfg, *, backbone=None, box_head=None, box_predictor=None
+) -> Optional[VLMRegionScorer]:
+    """Build the scorer named by ``MODEL.OVD.VLM_SCORER.NAME`` (None when it is "").
+
+    Args:
+        cfg: a Detectron2 config with the ovdet keys.
+        backbone: the detector's backbone; its frozen CLIP tower is shared (see module doc).
+        box_head, box_predictor: the ROI heads' box head and predictor (for ``vild_image``).
+    Raises:
+        ValueError: unknown name (the known ones are listed), or a scorer that does not fit the
+        tower (a ResNet scorer on a ViT or the reverse).
+    """
+    name = cfg.MODEL.OVD.VLM_SCORER.NAME
+    if not name:
+        return None
+    if name not in VLM_SCORER_REGISTRY:
+        known = sorted(n for n, _ in VLM_SCORER_REGISTRY)
+        raise ValueError(
+            f"Unknown VLM scorer {name!r} (MODEL.OVD.VLM_SCORER.NAME); known: {known}. A scorer "
+            "of your own must be registered in VLM_SCORER_REGISTRY before the model is built."
+        )
+    return VLM_SCORER_REGISTRY.get(name)(
+        cfg, backbone=backbone, box_head=box_head, box_predictor=box_predictor
+    )

@@ -99,18 +99,20 @@ def sample_crop_boxes(
 
 
 def crop_and_resize_pos_embed(
-    up_pos: torch.Tensor, boxes: torch.Tensor, out_size: Tuple[int, int]
+    up_pos: torch.Tensor, boxes: torch.Tensor, out_size: Tuple[int, int], aligned: bool = False
 ) -> torch.Tensor:
     """Crop each box out of the upsampled grid and resize it to ``out_size`` (RO-ViT step 3).
 
-    RoIAlign with ``aligned=True`` and one bilinear sample per output cell (the bin centre), which
-    is what TF's ``crop_and_resize`` / ``multilevel_crop_and_resize`` computes; the full box at the
-    same size is the identity.
+    RoIAlign with one bilinear sample per output cell (the bin centre). ``aligned=False`` is the
+    official crop (fvlm ``multilevel_crop_and_resize``: no half-pixel shift; torchvision also
+    takes boxes of at least one cell); ``aligned=True`` shifts by half a cell, so that the full
+    box at the same size is the identity.
 
     Args:
         up_pos: (C, H, W) upsampled embedding.
         boxes: (B, 4) normalised ``(x0, y0, x1, y1)``.
         out_size: (h, w) patch grid.
+        aligned: the half-pixel convention (see above).
     Returns:
         (B, h * w, C) row-major patch embeddings, one set per box.
     """
@@ -125,7 +127,7 @@ def crop_and_resize_pos_embed(
         output_size=tuple(out_size),
         spatial_scale=1.0,
         sampling_ratio=1,
-        aligned=True,
+        aligned=aligned,
     )  # (B, C, h, w)
     return crops.flatten(2).transpose(1, 2).to(up_pos.dtype)
 
@@ -144,12 +146,19 @@ def _upsample_matrix(n_in: int, n_out: int) -> torch.Tensor:
     return m
 
 
-def _roi_sample_matrix(start: torch.Tensor, end: torch.Tensor, n_in: int, n_out: int):
-    """(B, n_out, n_in) 1-D weights of aligned RoIAlign with one sample per bin on a length-n_in
-    axis, for boxes [start, end) in pixels (torchvision's border rules: a sample below -1 or
-    above n_in reads 0, below 0 reads pixel 0, at or beyond the last pixel reads it)."""
-    bin_size = (end - start) / n_out  # (B,)
-    y = (start - 0.5)[:, None] + (torch.arange(n_out, dtype=start.dtype) + 0.5) * bin_size[:, None]
+def _roi_sample_matrix(
+    start: torch.Tensor, end: torch.Tensor, n_in: int, n_out: int, aligned: bool = False
+):
+    """(B, n_out, n_in) 1-D weights of RoIAlign with one sample per bin on a length-n_in axis, for
+    boxes [start, end) in pixels (torchvision's rules: ``aligned`` shifts by half a pixel,
+    otherwise boxes are at least one pixel long; a sample below -1 or above n_in reads 0, below
+    0 reads pixel 0, at or beyond the last pixel reads it)."""
+    if aligned:
+        start, length = start - 0.5, end - start
+    else:
+        length = (end - start).clamp(min=1.0)
+    bin_size = length / n_out  # (B,)
+    y = start[:, None] + (torch.arange(n_out, dtype=start.dtype) + 0.5) * bin_size[:, None]
     valid = (y >= -1.0) & (y <= n_in)
     y = y.clamp(min=0)
     low = y.floor().long()
@@ -172,6 +181,7 @@ def cropped_positional_embedding(
     *,
     up_size: Tuple[int, int],
     out_size: Tuple[int, int],
+    aligned: bool = False,
 ) -> torch.Tensor:
     """Upsample, crop per box and resize back (METHODS 4.1, the whole recipe).
 
@@ -186,6 +196,7 @@ def cropped_positional_embedding(
         boxes: (B, 4) normalised crop boxes (see :func:`sample_crop_boxes`).
         up_size: ``up_pos_emb_size`` (64, 64).
         out_size: the patch grid of the current input (h, w).
+        aligned: the crop's half-pixel convention (:func:`crop_and_resize_pos_embed`).
     Returns:
         (B, h * w, C).
     """
@@ -194,8 +205,8 @@ def cropped_positional_embedding(
     h, w = int(out_size[0]), int(out_size[1])
     b = boxes.detach().to("cpu", torch.float64)
     # A_y: (B, h, gh) = RoIAlign rows on the upsampled axis @ bilinear upsampling (METHODS 4.1)
-    a_y = _roi_sample_matrix(b[:, 1] * H, b[:, 3] * H, H, h) @ _upsample_matrix(gh, H)
-    a_x = _roi_sample_matrix(b[:, 0] * W, b[:, 2] * W, W, w) @ _upsample_matrix(gw, W)
+    a_y = _roi_sample_matrix(b[:, 1] * H, b[:, 3] * H, H, h, aligned) @ _upsample_matrix(gh, H)
+    a_x = _roi_sample_matrix(b[:, 0] * W, b[:, 2] * W, W, w, aligned) @ _upsample_matrix(gw, W)
     a_y = a_y.to(patch_pos.device, patch_pos.dtype)
     a_x = a_x.to(patch_pos.device, patch_pos.dtype)
     B = boxes.shape[0]
@@ -217,11 +228,15 @@ class CroppedPosEmbed(nn.Module):
         up_size: int = 64,
         scale: Sequence[float] = (0.1, 1.0),
         ratio: Sequence[float] = (0.5, 2.0),
+        aligned: bool = False,
     ):
+        """``aligned``: False = the official crop (no half-pixel shift), see
+        :func:`crop_and_resize_pos_embed`."""
         super().__init__()
         self.up_size = (int(up_size), int(up_size))
         self.scale = tuple(float(s) for s in scale)
         self.ratio = tuple(float(r) for r in ratio)
+        self.aligned = bool(aligned)
 
     def forward(
         self,
@@ -248,9 +263,14 @@ class CroppedPosEmbed(nn.Module):
                 batch, scale=self.scale, ratio=self.ratio, generator=generator
             )
         patch = pos_embed[1:].reshape(gh, gw, -1)
-        crops = cropped_positional_embedding(patch, boxes, up_size=self.up_size, out_size=grid)
+        crops = cropped_positional_embedding(
+            patch, boxes, up_size=self.up_size, out_size=grid, aligned=self.aligned
+        )
         cls = pos_embed[:1].unsqueeze(0).expand(batch, -1, -1)
         return torch.cat([cls, crops.to(pos_embed.dtype)], dim=1)
 
     def extra_repr(self) -> str:
-        return f"up_size={self.up_size}, scale={self.scale}, ratio={self.ratio}"
+        return (
+            f"up_size={self.up_size}, scale={self.scale}, ratio={self.ratio}, "
+            f"aligned={self.aligned}"
+        )

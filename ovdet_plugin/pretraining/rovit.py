@@ -101,8 +101,16 @@ class RegionAwareCLIP(nn.Module):
         r = cfg.MODEL.OVD.ROVIT
         name = cfg.MODEL.OVD.CLIP.MODEL_NAME
         cpe = None
+        if r.CPE_CROP_CONVENTION not in ("official", "detectron2"):
+            raise ValueError(
+                "MODEL.OVD.ROVIT.CPE_CROP_CONVENTION must be 'official' or 'detectron2', got "
+                f"{r.CPE_CROP_CONVENTION!r}."
+            )
         if r.CPE:
-            cpe = CroppedPosEmbed(r.UP_POS_EMB_SIZE, tuple(r.CROP_SCALE), tuple(r.CROP_ASPECT))
+            aligned = r.CPE_CROP_CONVENTION == "detectron2"
+            cpe = CroppedPosEmbed(
+                r.UP_POS_EMB_SIZE, tuple(r.CROP_SCALE), tuple(r.CROP_ASPECT), aligned=aligned
+            )
         return {
             "clip_model": build_clip_model(name, cfg.MODEL.OVD.CLIP.PRETRAINED),
             "tokenizer": get_clip_tokenizer(name),

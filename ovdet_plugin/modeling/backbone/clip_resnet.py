@@ -23,6 +23,7 @@ from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 from torch import nn
 
 from .utils import (
+    CLIP_TOWER_FEATURE,
     build_clip_visual,
     check_clip_pixel_normalization,
     clip_backbone_source,
@@ -31,6 +32,7 @@ from .utils import (
 
 __all__ = [
     "CLIPResNet",
+    "CLIPTowerFPN",
     "build_clip_resnet_backbone",
     "build_clip_resnet_fpn_backbone",
     "is_open_clip_resnet",
@@ -98,6 +100,8 @@ class CLIPResNet(Backbone):
         channels.update({"res4": 16 * width, "res5": 32 * width})
         self._out_feature_channels = {f: channels[f] for f in self._out_features}
         self._out_feature_strides = {f: _STRIDES[f] for f in self._out_features}
+        # set by expose_tower_map(): also return C5 under CLIP_TOWER_FEATURE
+        self.tower_map_exposed = False
         logger.info(
             "CLIPResNet %s: width %d, outputs %s, %s",
             getattr(visual, "ovdet_model_name", "?"),
@@ -134,9 +138,16 @@ class CLIPResNet(Backbone):
             self.visual.eval()
         return self
 
+    def expose_tower_map(self) -> None:
+        """Also return the C5 map (the attention pool's input, stride 32) under
+        ``CLIP_TOWER_FEATURE``, so that a VLM region scorer reads the frozen tower's own features
+        instead of running the tower again (F-VLM's single frozen backbone)."""
+        self.tower_map_exposed = True
+
     def _forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         v = self.visual
         outputs = {}
+        wanted = len(self._out_features) + int(self.tower_map_exposed)
         x = v.stem(x)  # CLIP stem: 3 convs + 2x2 average pool (stride 4)
         if "stem" in self._out_features:
             outputs["stem"] = x
@@ -146,7 +157,9 @@ class CLIPResNet(Backbone):
             x = layer(x)
             if name in self._out_features:
                 outputs[name] = x
-            if len(outputs) == len(self._out_features):
+            if name == "res5" and self.tower_map_exposed:
+                outputs[CLIP_TOWER_FEATURE] = x
+            if len(outputs) == wanted:
                 break
         return outputs
 
@@ -155,7 +168,8 @@ class CLIPResNet(Backbone):
         Args:
             x: (B, 3, H, W) CLIP-normalised images.
         Returns:
-            dict stage name -> (B, C, H/stride, W/stride).
+            dict stage name -> (B, C, H/stride, W/stride) (+ ``CLIP_TOWER_FEATURE``: C5 when
+            :meth:`expose_tower_map` was called).
         """
         if self.freeze:
             with torch.no_grad():
@@ -191,7 +205,7 @@ def build_clip_resnet_fpn_backbone(cfg, input_shape: ShapeSpec) -> Backbone:
             f"MODEL.OVD.BACKBONE.OUT_FEATURES {list(cfg.MODEL.OVD.BACKBONE.OUT_FEATURES)} does "
             "not provide."
         )
-    return FPN(
+    return CLIPTowerFPN(
         bottom_up=bottom_up,
         in_features=in_features,
         out_channels=cfg.MODEL.FPN.OUT_CHANNELS,
@@ -199,6 +213,24 @@ def build_clip_resnet_fpn_backbone(cfg, input_shape: ShapeSpec) -> Backbone:
         top_block=LastLevelMaxPool(),
         fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
     )
+
+
+class CLIPTowerFPN(FPN):
+    """Detectron2's ``FPN``, unchanged, whose output also carries the bottom-up's
+    ``CLIP_TOWER_FEATURE`` map when the CLIP tower exposes it (see
+    :meth:`CLIPResNet.expose_tower_map`). Other consumers (RPN, ROI heads) read their own
+    ``IN_FEATURES`` and ignore the extra key."""
+
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        bottom_up: Dict[str, torch.Tensor] = {}
+        hook = self.bottom_up.register_forward_hook(lambda _m, _i, out: bottom_up.update(out))
+        try:
+            results = super().forward(x)
+        finally:
+            hook.remove()
+        if CLIP_TOWER_FEATURE in bottom_up:
+            results[CLIP_TOWER_FEATURE] = bottom_up[CLIP_TOWER_FEATURE]
+        return results
 
 
 def _check_input_channels(input_shape: ShapeSpec) -> None:

@@ -32,6 +32,7 @@ from torch import nn
 from ...clip.dense import DenseCLIPViT, is_open_clip_vit
 from .clip_resnet import _check_input_channels
 from .utils import (
+    CLIP_TOWER_FEATURE,
     build_clip_visual,
     check_clip_pixel_normalization,
     clip_backbone_source,
@@ -117,6 +118,8 @@ class CLIPViT(Backbone):
         self._out_features = [f"block{i}" for i in self.out_indices]
         self._out_feature_channels = {f: self.tower.width for f in self._out_features}
         self._out_feature_strides = {f: self.feature_stride for f in self._out_features}
+        # set by expose_tower_map(): also return the last block's patch map
+        self.tower_map_exposed = False
         logger.info(
             "CLIPViT %s: patch %d, %d blocks, width %d, taps %s, stride %d, %s%s%s",
             getattr(visual, "ovdet_model_name", "?"),
@@ -181,19 +184,30 @@ class CLIPViT(Backbone):
             self.tower.eval()
         return self
 
+    def expose_tower_map(self) -> None:
+        """Also return the last block's patch map (B, width, H/patch, W/patch), before any
+        resampling, under ``CLIP_TOWER_FEATURE``, so that a VLM region scorer reads it instead of
+        running the tower again (the F-ViT backbone returns its dense map at test time)."""
+        self.tower_map_exposed = True
+
     def _forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         H, W = x.shape[-2:]
         tokens, grid = self.tower.embed(x)
-        _, taps = self.tower.run_blocks(
+        last = self.num_layers - 1
+        # later blocks feed nothing, unless the last block's map is exposed
+        stop_at = last if self.tower_map_exposed else max(self.out_indices)
+        last_tokens, taps = self.tower.run_blocks(
             tokens,
             grid,
             out_indices=self.out_indices,
             value_only_last=self.value_only_last_block,
             window_size=self.window_size,
             window_block_indexes=self.window_block_indexes,
-            stop_at=max(self.out_indices),  # later blocks feed nothing
+            stop_at=stop_at,
         )
         outputs = {}
+        if self.tower_map_exposed:
+            outputs[CLIP_TOWER_FEATURE] = DenseCLIPViT.tokens_to_map(last_tokens, grid)
         for name, t in zip(self._out_features, taps):
             fmap = DenseCLIPViT.tokens_to_map(t, grid)
             if self.feature_stride != self.patch_size:
@@ -207,7 +221,8 @@ class CLIPViT(Backbone):
         Args:
             x: (B, 3, H, W) CLIP-normalised images, H and W multiples of ``size_divisibility``.
         Returns:
-            dict ``"block{i}"`` -> (B, width, H/stride, W/stride).
+            dict ``"block{i}"`` -> (B, width, H/stride, W/stride) (+ ``CLIP_TOWER_FEATURE`` when
+            :meth:`expose_tower_map` was called).
         """
         if self.freeze:
             with torch.no_grad():
@@ -292,7 +307,10 @@ class CLIPSimpleFeaturePyramid(SimpleFeaturePyramid):
         if self.top_block is not None:
             top_in = results[self._out_features.index(self.top_block.in_feature)]
             results.extend(self.top_block(top_in))
-        return dict(zip(self._out_features, results))
+        outputs = dict(zip(self._out_features, results))
+        if CLIP_TOWER_FEATURE in bottom_up:  # the tower's own map, for the VLM scorer
+            outputs[CLIP_TOWER_FEATURE] = bottom_up[CLIP_TOWER_FEATURE]
+        return outputs
 
 
 @BACKBONE_REGISTRY.register()

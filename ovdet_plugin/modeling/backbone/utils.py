@@ -13,6 +13,7 @@ from torch import nn
 from ...clip.loading import build_clip_model
 
 __all__ = [
+    "CLIP_TOWER_FEATURE",
     "CLIP_PIXEL_MEAN",
     "CLIP_PIXEL_STD",
     "build_clip_visual",
@@ -29,6 +30,12 @@ logger = logging.getLogger(__name__)
 # Detectron2 feeds 0-255 pixels: MODEL.PIXEL_MEAN / PIXEL_STD with INPUT.FORMAT "RGB".
 CLIP_PIXEL_MEAN: Tuple[float, float, float] = tuple(255.0 * m for m in OPENAI_DATASET_MEAN)
 CLIP_PIXEL_STD: Tuple[float, float, float] = tuple(255.0 * s for s in OPENAI_DATASET_STD)
+
+
+# Key of the extra backbone output that carries the frozen CLIP tower's own map (CLIP ResNet: C5
+# before the attention pool; CLIP ViT: the last block's patch map), when a VLM region scorer
+# reads it instead of running the tower a second time (F-VLM's one frozen backbone).
+CLIP_TOWER_FEATURE = "clip_tower"
 
 
 def lcm(a: int, b: int) -> int:

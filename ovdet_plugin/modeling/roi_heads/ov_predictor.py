@@ -232,6 +232,12 @@ class OVFastRCNNOutputLayers(FastRCNNOutputLayers):
         x = x.flatten(start_dim=1)
         return self.text_classifier(self.embed(x)), self.bbox_pred(x)
 
+    def predict_log_probs(self, predictions) -> torch.Tensor:
+        """(N, K+1) float32 log of :meth:`predict_probs` (log-softmax, or log-sigmoid with
+        sigmoid CE), exact where the probabilities themselves would underflow."""
+        scores = predictions[0].float()
+        return F.logsigmoid(scores) if self.use_sigmoid_ce else F.log_softmax(scores, dim=-1)
+
     def losses(self, predictions, proposals) -> Dict[str, torch.Tensor]:
         scores, deltas = predictions
         scores = self.text_classifier.mask_novel(scores)

@@ -1,14 +1,15 @@
-"""Open-vocabulary ROI heads with optional frozen-VLM score fusion (F-VLM, F-ViT, RO-ViT).
+"""Open-vocabulary ROI heads with optional frozen-VLM score fusion (F-VLM, F-ViT, RO-ViT, ViLD).
 
 Training is Detectron2's ``StandardROIHeads`` with the open-vocabulary predictor. At test time
-the detector's class probabilities can be fused with a frozen VLM's region scores:
+the detector's class probabilities can be fused with a VLM's region scores:
 
-    p_det = softmax(detector logits)                                  (N, K+1)
-    p_vlm = softmax(cos(VLM region embedding, [text; background]) * T_vlm)   (N, K+1)
-    scores = fusion rule (F-VLM or F-ViT, see fusion.py) [* objectness^w]
+    det_log_probs = log_softmax(detector logits)                               (N, K+1)
+    vlm_logits    = cos(VLM region embedding, [text; background]) * T_vlm      (N, K+1)
+    scores        = fusion rule (fusion.py)  [* objectness^w]
 
-The VLM scorer (ResNet attention pool, ViT dense 1x1, ViT average pool) comes from
-``MODEL.OVD.VLM_SCORER``; its region boxes are the proposals the detector classifies.
+The VLM scorer comes from ``MODEL.OVD.VLM_SCORER`` (vlm_scorers.py); given the detector's backbone
+(``OVRCNN`` passes it) it shares the backbone's frozen CLIP tower. Its boxes are the proposals the
+detector classifies. The rule comes from ``MODEL.OVD.FUSION.RULE`` (``FUSION_RULE_REGISTRY``).
 """
 
 import logging
@@ -16,15 +17,15 @@ from typing import Dict, List, Optional
 
 import torch
 from detectron2.config import configurable
-from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
+from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads, build_roi_heads
 from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference
 from detectron2.structures import ImageList, Instances
 
-from ..vlm_scorers import build_vlm_scorer
-from .fusion import fuse_scores, objectness_weighting
+from ..vlm_scorers import VLMRegionScorer, build_vlm_scorer
+from .fusion import get_fusion_rule, objectness_weighting
 from .ov_predictor import OVFastRCNNOutputLayers, resolve_vocabularies
 
-__all__ = ["OVROIHeads", "config_with_vocabulary_classes"]
+__all__ = ["OVROIHeads", "build_roi_heads_with_backbone", "config_with_vocabulary_classes"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,15 @@ def config_with_vocabulary_classes(cfg):
     return cfg
 
 
+def build_roi_heads_with_backbone(cfg, backbone):
+    """Detectron2's ``build_roi_heads``, except that ovdet's heads also get the backbone (their
+    VLM scorer shares its frozen CLIP tower). Used by ``OVRCNN``."""
+    cls = ROI_HEADS_REGISTRY.get(cfg.MODEL.ROI_HEADS.NAME)
+    if isinstance(cls, type) and issubclass(cls, OVROIHeads):
+        return cls(cfg, backbone.output_shape(), backbone=backbone)
+    return build_roi_heads(cfg, backbone.output_shape())
+
+
 @ROI_HEADS_REGISTRY.register()
 class OVROIHeads(StandardROIHeads):
     """``StandardROIHeads`` + :class:`OVFastRCNNOutputLayers` + optional VLM score fusion."""
@@ -59,7 +69,7 @@ class OVROIHeads(StandardROIHeads):
     def __init__(
         self,
         *,
-        vlm_scorer: Optional[torch.nn.Module] = None,
+        vlm_scorer: Optional[VLMRegionScorer] = None,
         fusion_rule: str = "",
         fusion_alpha: float = 0.35,
         fusion_beta: float = 0.65,
@@ -70,20 +80,38 @@ class OVROIHeads(StandardROIHeads):
         """
         Args:
             vlm_scorer: a VLM region scorer (``vlm_scorers.VLMRegionScorer``) or None.
-            fusion_rule: "fvlm" or "fvit" (see fusion.py); "" means no fusion.
-            fusion_alpha, fusion_beta: VLM weights for base / novel classes (METHODS 2.4, 3.8).
-            vlm_temperature: T_vlm multiplying the VLM cosines (F-VLM 1/0.01 = 100, METHODS 2.3;
-                F-ViT 50 on LVIS, 75 on COCO, METHODS 3.8).
-            objectness_weight: w in scores * sigmoid(objectness)^w (0 = off; METHODS 2.4, 4.3).
+            fusion_rule: a name in ``FUSION_RULE_REGISTRY`` ("fvlm", "fvit", "vild_ensemble",
+                or one of your own); "" means no fusion.
+            fusion_alpha, fusion_beta: VLM weights in [0, 1] for base / novel classes (F-VLM
+                0.35 / 0.65; F-ViT 0.1 / 0.6; ViLD-ensemble 1/3 / 2/3).
+            vlm_temperature: T_vlm > 0 multiplying the VLM cosines (F-VLM 1/0.01 = 100; F-ViT 50
+                on LVIS, 75 on COCO; ViLD-ensemble: the classifier's 100).
+            objectness_weight: w >= 0 in scores * sigmoid(objectness)^w (0 = off; DITO/RO-ViT 3).
             kwargs: :class:`StandardROIHeads` arguments.
         """
         super().__init__(**kwargs)
         if not isinstance(self.box_predictor, OVFastRCNNOutputLayers):
             raise TypeError("OVROIHeads needs an OVFastRCNNOutputLayers box predictor")
+        self.fusion_rule = fusion_rule  # checked here: a typo fails at build, not at evaluation
         if fusion_rule and vlm_scorer is None:
             raise ValueError(
                 f"MODEL.OVD.FUSION.RULE={fusion_rule!r} needs a VLM scorer: set "
-                "MODEL.OVD.VLM_SCORER.NAME ('attnpool', 'dense' or 'avgpool')."
+                "MODEL.OVD.VLM_SCORER.NAME ('attnpool', 'dense', 'avgpool' or 'vild_image')."
+            )
+        for key, value in (("ALPHA", fusion_alpha), ("BETA", fusion_beta)):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(
+                    f"MODEL.OVD.FUSION.{key}={value} is a VLM weight in a geometric mean "
+                    "p_det^(1-w) p_vlm^w and must lie in [0, 1]."
+                )
+        if not vlm_temperature > 0:
+            raise ValueError(
+                f"MODEL.OVD.FUSION.VLM_TEMPERATURE={vlm_temperature} must be > 0 (it multiplies "
+                "the VLM cosines: 100 for F-VLM, 50 for F-ViT on LVIS)."
+            )
+        if objectness_weight < 0:
+            raise ValueError(
+                f"MODEL.OVD.FUSION.OBJECTNESS_WEIGHT={objectness_weight} must be >= 0 (0 = off)."
             )
         if vlm_scorer is not None and vlm_scorer.embed_dim != self.text_classifier.embed_dim:
             raise ValueError(
@@ -92,18 +120,33 @@ class OVROIHeads(StandardROIHeads):
                 "(MODEL.OVD.CLIP) must be the same CLIP model."
             )
         self.vlm_scorer = vlm_scorer
-        self.fusion_rule = fusion_rule
         self.fusion_alpha = fusion_alpha
         self.fusion_beta = fusion_beta
         self.vlm_temperature = vlm_temperature
         self.objectness_weight = objectness_weight
 
+    @property
+    def fusion_rule(self) -> str:
+        """Name of the fusion rule ("" = detector scores only); settable at any time."""
+        return self._fusion_rule
+
+    @fusion_rule.setter
+    def fusion_rule(self, name: str) -> None:
+        self.fusion = get_fusion_rule(name) if name else None
+        self._fusion_rule = name
+
     @classmethod
-    def from_config(cls, cfg, input_shape):
+    def from_config(cls, cfg, input_shape, backbone=None):
+        """``backbone``: the detector's backbone, whose frozen CLIP tower the scorer shares."""
         cfg = config_with_vocabulary_classes(cfg)
         ret = super().from_config(cfg, input_shape)
         f = cfg.MODEL.OVD.FUSION
-        scorer = build_vlm_scorer(cfg) if cfg.MODEL.OVD.VLM_SCORER.NAME else None
+        scorer = build_vlm_scorer(
+            cfg,
+            backbone=backbone,
+            box_head=ret["box_head"],
+            box_predictor=ret["box_predictor"],
+        )
         ret.update(
             {
                 "vlm_scorer": scorer,
@@ -141,15 +184,14 @@ class OVROIHeads(StandardROIHeads):
             [features[f] for f in self.box_in_features], [p.proposal_boxes for p in proposals]
         )
         predictions = self.box_predictor(self.box_head(box_features))
-        probs = torch.cat(self.box_predictor.predict_probs(predictions, proposals), dim=0)
-        probs = self.fuse_probabilities(probs, images, box_features, proposals)
+        scores = self.class_scores(predictions, images, features, box_features, proposals)
         if self.objectness_weight and len(proposals) and proposals[0].has("objectness_logits"):
             objectness = torch.cat([p.objectness_logits for p in proposals])
-            probs = objectness_weighting(probs, objectness, self.objectness_weight)
+            scores = objectness_weighting(scores, objectness, self.objectness_weight)
         boxes = self.box_predictor.predict_boxes(predictions, proposals)
         instances, _ = fast_rcnn_inference(
             boxes,
-            probs.split([len(p) for p in proposals]),
+            scores.split([len(p) for p in proposals]),
             [p.image_size for p in proposals],
             self.box_predictor.test_score_thresh,
             self.box_predictor.test_nms_thresh,
@@ -157,17 +199,20 @@ class OVROIHeads(StandardROIHeads):
         )
         return instances
 
-    def fuse_probabilities(self, probs, images, box_features, proposals) -> torch.Tensor:
-        """(N, K+1) detector probabilities -> (N, K+1) fused scores (identity without fusion)."""
-        if not self.fusion_rule:
-            return probs
-        embeddings = self.vlm_scorer(images.tensor, [p.proposal_boxes for p in proposals])
-        vlm_logits = embeddings @ self.text_classifier.rows().t() * self.vlm_temperature
-        p_vlm = vlm_logits.softmax(dim=1)
-        return fuse_scores(
-            self.fusion_rule,
-            probs,
-            p_vlm,
+    def class_scores(self, predictions, images, features, box_features, proposals):
+        """(N, K+1) final class scores: the detector's probabilities, or their fusion with the
+        VLM's region scores (``fusion_rule``)."""
+        if self.fusion is None:
+            return torch.cat(self.box_predictor.predict_probs(predictions, proposals), dim=0)
+        det_log_probs = self.box_predictor.predict_log_probs(predictions)
+        embeddings = self.vlm_scorer(
+            images.tensor, features, [p.proposal_boxes for p in proposals], box_features
+        )
+        rows = self.text_classifier.rows()
+        vlm_logits = embeddings.to(rows.dtype) @ rows.t() * self.vlm_temperature
+        return self.fusion(
+            det_log_probs,
+            vlm_logits,
             self.text_classifier.base_mask,
             self.fusion_alpha,
             self.fusion_beta,

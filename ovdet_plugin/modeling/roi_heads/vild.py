@@ -1,17 +1,18 @@
-"""ViLD ROI heads (Gu et al., ICLR 2022; METHODS section 1).
+"""ViLD ROI heads (Gu et al., ICLR 2022): the ViLD-image distillation loss.
 
 - ViLD-text: the open-vocabulary predictor trained on base classes (``OVROIHeads``).
 - ViLD-image: per image, up to ``MAX_PROPOSALS`` precomputed proposals with CLIP embeddings of
-  their crops (``batched_inputs[i]["vild_proposals"]``, see ``data/vild_embeddings.py``) pass
-  through the same head as the sampled RoIs (concatenated, METHODS 1.4) and get only the L1
-  distillation loss: per RoI the sum over dimensions of |student - teacher| (both L2-normalised),
-  averaged over RoIs, times ``DISTILL_WEIGHT``.
-- ViLD-ensemble (``ENSEMBLE``): a second box head + projection sees only the distillation RoIs
-  during training; at test time p_text (text branch, with background) and p_image (image branch,
-  softmax over the K classes) are combined geometrically (METHODS 1.6, fusion.vild_ensemble).
+  their crops (``batched_inputs[i]["vild_proposals"]``, see ``data/vild_embeddings.py``) get only
+  the L1 distillation loss: per RoI the sum over dimensions of |student - teacher| (both
+  L2-normalised), averaged over RoIs, times ``DISTILL_WEIGHT`` (vild_model.py ``build_losses``).
+  Vanilla ViLD passes them through the same head as the sampled RoIs (concatenated).
+- ViLD-ensemble: the VLM scorer ``vild_image`` is the second branch (own box head and
+  projection, the official ``distill-*`` layers); only it sees the distillation RoIs in training,
+  and at test time the fusion rule ``vild_ensemble`` combines the two branches. So the ensemble
+  is configuration (``VLM_SCORER.NAME "vild_image"``, ``FUSION.RULE "vild_ensemble"``), and these
+  heads only add the distillation loss.
 """
 
-import copy
 from typing import Dict, List, Optional
 
 import torch
@@ -20,7 +21,7 @@ from detectron2.config import configurable
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY
 from detectron2.structures import Boxes, Instances
 
-from .fusion import vild_ensemble
+from ..vlm_scorers import ViLDImageBranchScorer
 from .ov_roi_heads import OVROIHeads
 
 __all__ = ["ViLDROIHeads", "vild_distillation_loss"]
@@ -51,42 +52,37 @@ class ViLDROIHeads(OVROIHeads):
         distill_weight: float = 0.5,
         text_weight: float = 1.0,
         max_distill_proposals: int = 300,
-        ensemble: bool = False,
-        ensemble_weight: float = 2.0 / 3,
         **kwargs,
     ):
         """
         Args:
-            distill_weight: w of w * L_image (0.5 for R50; 1.0 and 2.0 for R152, METHODS 1.4).
+            distill_weight: w of w * L_image (0.5 for R50; 1.0 and 2.0 for R152).
             text_weight: factor on the ViLD-text classification loss; 0 trains ViLD-image alone
                 (the paper's ViLD-image row, Table 3: distillation loss only for the classifier).
             max_distill_proposals: distillation RoIs per image (``max_num_rois`` 300).
-            ensemble: add the second (image) branch and the test-time ensemble (METHODS 1.6).
-            ensemble_weight: lambda = 2/3 of the ensemble.
-            kwargs: :class:`OVROIHeads` arguments.
+            kwargs: :class:`OVROIHeads` arguments; a ``vild_image`` scorer makes the ensemble.
         """
         super().__init__(**kwargs)
         self.distill_weight = distill_weight
         self.text_weight = float(text_weight)
         self.max_distill_proposals = max_distill_proposals
-        self.ensemble = ensemble
-        self.ensemble_weight = ensemble_weight
         self.distillation_targets: Optional[List[Optional[Instances]]] = None
-        if ensemble:  # the "distill-*" layers: same architecture, own (separately trained) weights
-            self.image_box_head = copy.deepcopy(self.box_head)
-            self.image_projection = copy.deepcopy(self.box_predictor.projection)
+
+    @property
+    def image_branch(self) -> Optional[ViLDImageBranchScorer]:
+        """ViLD-ensemble's second branch (the ``vild_image`` scorer), or None for vanilla ViLD."""
+        scorer = self.vlm_scorer
+        return scorer if isinstance(scorer, ViLDImageBranchScorer) else None
 
     @classmethod
-    def from_config(cls, cfg, input_shape):
-        ret = super().from_config(cfg, input_shape)
+    def from_config(cls, cfg, input_shape, backbone=None):
+        ret = super().from_config(cfg, input_shape, backbone)
         v = cfg.MODEL.OVD.VILD
         ret.update(
             {
                 "distill_weight": v.DISTILL_WEIGHT,
                 "text_weight": v.TEXT_WEIGHT,
                 "max_distill_proposals": v.MAX_PROPOSALS,
-                "ensemble": v.ENSEMBLE,
-                "ensemble_weight": v.ENSEMBLE_WEIGHT,
             }
         )
         return ret
@@ -106,11 +102,6 @@ class ViLDROIHeads(OVROIHeads):
             out.append(t[: self.max_distill_proposals])
         return out
 
-    def _image_branch_embed(self, box_features: torch.Tensor) -> torch.Tensor:
-        """Ensemble image branch: pooled RoI features -> (R, D) normalised embeddings."""
-        x = self.image_box_head(box_features).flatten(start_dim=1)
-        return F.normalize(self.image_projection(x), dim=1)
-
     def _forward_box(self, features: Dict[str, torch.Tensor], proposals: List[Instances]):
         distill = self._distill_inputs(len(proposals)) if self.training else None
         if distill is None:
@@ -119,10 +110,10 @@ class ViLDROIHeads(OVROIHeads):
         sampled = [p.proposal_boxes for p in proposals]
         extra = [d.proposal_boxes.to(feats[0].device) for d in distill]
         teacher = torch.cat([d.clip_embeds for d in distill]).to(feats[0].device)
-        if self.ensemble:
+        if self.image_branch is not None:
             # Text branch on the sampled RoIs; image branch only on the distillation RoIs.
             predictions = self.box_predictor(self.box_head(self.box_pooler(feats, sampled)))
-            student = self._image_branch_embed(self.box_pooler(feats, extra))
+            student = self.image_branch.embed(self.box_pooler(feats, extra))
         else:
             # One pass through the shared head: per image [sampled RoIs, distillation RoIs].
             joint = [Boxes.cat([a, b]) for a, b in zip(sampled, extra)]
@@ -144,13 +135,3 @@ class ViLDROIHeads(OVROIHeads):
         losses["loss_cls"] = self.text_weight * losses["loss_cls"]
         losses["loss_vild_image"] = self.distill_weight * vild_distillation_loss(student, teacher)
         return losses
-
-    # ---- inference ---------------------------------------------------------------------------
-    def fuse_probabilities(self, probs, images, box_features, proposals) -> torch.Tensor:
-        if not self.ensemble:
-            return super().fuse_probabilities(probs, images, box_features, proposals)
-        image_emb = self._image_branch_embed(box_features)
-        # p_image: the same frozen classifier and temperature, softmax over the K classes only.
-        logits = image_emb @ self.text_classifier.class_embeddings.t()
-        p_image = (logits * self.text_classifier.logit_scale_value()).softmax(dim=1)
-        return vild_ensemble(probs, p_image, self.text_classifier.base_mask, self.ensemble_weight)
