@@ -188,3 +188,48 @@ def test_fusion_changes_scores_and_needs_a_scorer():
 def test_class_specific_masks_are_refused():
     with pytest.raises(ValueError, match="CLS_AGNOSTIC_MASK True"):
         build("tiny_vild", "MODEL.MASK_ON", "True")
+
+
+def test_a_fusion_rule_registered_outside_the_package_is_used():
+    from ovdet_plugin.modeling.roi_heads.fusion import FUSION_RULE_REGISTRY
+
+    seen = {}
+
+    @FUSION_RULE_REGISTRY.register()
+    def test_detector_only_rule(det_log_probs, vlm_logits, base_mask, alpha, beta):
+        seen["shapes"] = (det_log_probs.shape, vlm_logits.shape, base_mask.shape, alpha, beta)
+        return det_log_probs.exp()
+
+    try:
+        model, _ = build("tiny_fvlm", "MODEL.OVD.FUSION.RULE", "test_detector_only_rule")
+        model.eval()
+        image = {"image": batch()[0]["image"], "height": H, "width": W}
+        with torch.no_grad():
+            custom = model([image])[0]["instances"].scores
+            model.roi_heads.fusion_rule = ""  # detector only: the same scores
+            plain = model([image])[0]["instances"].scores
+        det, vlm, base, alpha, beta = seen["shapes"]
+        assert det == vlm and base == (det[1] - 1,) and (alpha, beta) == (0.35, 0.65)
+        torch.testing.assert_close(custom, plain)
+    finally:
+        FUSION_RULE_REGISTRY._obj_map.pop("test_detector_only_rule")
+
+
+@pytest.mark.parametrize(
+    "opts, message",
+    [
+        (("MODEL.OVD.FUSION.RULE", "fvml"), "Unknown fusion rule 'fvml'"),
+        (("MODEL.OVD.FUSION.ALPHA", "1.5"), "FUSION.ALPHA=1.5 .* must lie in \\[0, 1\\]"),
+        (("MODEL.OVD.FUSION.BETA", "-0.1"), "FUSION.BETA=-0.1"),
+        (("MODEL.OVD.FUSION.VLM_TEMPERATURE", "0.0"), "VLM_TEMPERATURE=0.0 must be > 0"),
+        (("MODEL.OVD.FUSION.OBJECTNESS_WEIGHT", "-1.0"), "OBJECTNESS_WEIGHT=-1.0 must be >= 0"),
+    ],
+)
+def test_bad_fusion_settings_fail_when_the_model_is_built(opts, message):
+    with pytest.raises(ValueError, match=message):
+        build("tiny_fvlm", *opts)
+
+
+def test_old_vild_ensemble_keys_name_their_replacement():
+    with pytest.raises(KeyError, match="VILD.ENSEMBLE was renamed to MODEL.OVD.VLM_SCORER.NAME"):
+        build("tiny_vild", "MODEL.OVD.VILD.ENSEMBLE", "True")

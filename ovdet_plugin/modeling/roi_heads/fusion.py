@@ -29,7 +29,8 @@ Register a new rule from anywhere::
     def my_rule(det_log_probs, vlm_logits, base_mask, alpha, beta):
         ...
 
-and select it with ``MODEL.OVD.FUSION.RULE: "my_rule"``.
+and select it with ``MODEL.OVD.FUSION.RULE: "my_rule"``. The papers' values of alpha and beta
+live in ``config.py`` (``MODEL.OVD.FUSION``) and the paper configs, not here.
 """
 
 import torch
@@ -76,7 +77,7 @@ def _geometric(log_det: torch.Tensor, log_vlm: torch.Tensor, weight: torch.Tenso
 
 
 @FUSION_RULE_REGISTRY.register()
-def fvlm(det_log_probs, vlm_logits, base_mask, alpha=0.35, beta=0.65) -> torch.Tensor:
+def fvlm(det_log_probs, vlm_logits, base_mask, alpha, beta) -> torch.Tensor:
     """F-VLM (Kuo et al. 2023, Sec. 3.3; fvlm/modeling/task_heads.py ``ensemble_class_outputs``).
 
     p_vlm = softmax over the K+1 VLM logits. Foreground: base p_det^(1-alpha) p_vlm^alpha, novel
@@ -92,7 +93,7 @@ def fvlm(det_log_probs, vlm_logits, base_mask, alpha=0.35, beta=0.65) -> torch.T
 
 
 @FUSION_RULE_REGISTRY.register()
-def fvit(det_log_probs, vlm_logits, base_mask, alpha=0.1, beta=0.6) -> torch.Tensor:
+def fvit(det_log_probs, vlm_logits, base_mask, alpha, beta) -> torch.Tensor:
     """F-ViT / CLIPSelf (Wu et al. 2024; F-ViT/models/fvit_head.py).
 
     p_vlm = softmax over the K+1 VLM logits. Base classes AND background:
@@ -106,7 +107,7 @@ def fvit(det_log_probs, vlm_logits, base_mask, alpha=0.1, beta=0.6) -> torch.Ten
 
 
 @FUSION_RULE_REGISTRY.register()
-def vild_ensemble(det_log_probs, vlm_logits, base_mask, alpha=1 / 3, beta=2 / 3) -> torch.Tensor:
+def vild_ensemble(det_log_probs, vlm_logits, base_mask, alpha, beta) -> torch.Tensor:
     """ViLD-ensemble (Gu et al. 2022, Sec. 3.4; vild ops/postprocess_ops.py).
 
     The VLM side is ViLD's image branch: p_image = softmax over the K class logits only (its

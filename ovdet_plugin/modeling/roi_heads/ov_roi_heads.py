@@ -69,15 +69,17 @@ class OVROIHeads(StandardROIHeads):
     def __init__(
         self,
         *,
-        vlm_scorer: Optional[VLMRegionScorer] = None,
-        fusion_rule: str = "",
-        fusion_alpha: float = 0.35,
-        fusion_beta: float = 0.65,
-        vlm_temperature: float = 100.0,
-        objectness_weight: float = 0.0,
+        vlm_scorer: Optional[VLMRegionScorer],
+        fusion_rule: str,
+        fusion_alpha: float,
+        fusion_beta: float,
+        vlm_temperature: float,
+        objectness_weight: float,
         **kwargs,
     ):
         """
+        The papers' values are in config.py (``MODEL.OVD.FUSION``) and the paper configs.
+
         Args:
             vlm_scorer: a VLM region scorer (``vlm_scorers.VLMRegionScorer``) or None.
             fusion_rule: a name in ``FUSION_RULE_REGISTRY`` ("fvlm", "fvit", "vild_ensemble",

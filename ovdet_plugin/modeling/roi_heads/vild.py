@@ -49,9 +49,9 @@ class ViLDROIHeads(OVROIHeads):
     def __init__(
         self,
         *,
-        distill_weight: float = 0.5,
-        text_weight: float = 1.0,
-        max_distill_proposals: int = 300,
+        distill_weight: float,
+        text_weight: float,
+        max_distill_proposals: int,
         **kwargs,
     ):
         """
