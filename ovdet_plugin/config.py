@@ -16,6 +16,9 @@ def add_ovdet_config(cfg: CN) -> CN:
     Calling it twice is harmless. Unknown keys in a YAML merged afterwards still fail with
     Detectron2's usual ``KeyError: 'Non-existent config key: ...'``.
     """
+    if "OVD" in cfg.MODEL:  # called before: add only the missing keys, keep every value set
+        _merge_missing(cfg, add_ovdet_config(CN({"MODEL": CN()})))
+        return cfg
     _add_clip_config(cfg)
     _add_vocabulary_config(cfg)
     _add_text_config(cfg)
@@ -23,7 +26,17 @@ def add_ovdet_config(cfg: CN) -> CN:
     _add_backbone_config(cfg)
     _add_pretraining_config(cfg)
     _add_proposal_config(cfg)
+    _add_checkpoint_config(cfg)
     return cfg
+
+
+def _merge_missing(cfg: CN, defaults: CN) -> None:
+    """Copy into ``cfg`` the keys of ``defaults`` it lacks (recursively), never overwriting."""
+    for key, value in defaults.items():
+        if key not in cfg:
+            cfg[key] = value
+        elif isinstance(value, CN) and isinstance(cfg[key], CN):
+            _merge_missing(cfg[key], value)
 
 
 def get_ovdet_cfg(config_file: str = "", opts=()) -> CN:
@@ -376,3 +389,12 @@ def _add_proposal_config(cfg: CN) -> None:
     # only localisation-quality training [paper†].
     _C.MODEL.OVD.CENTERNESS_RPN.NEGATIVES_IN_OBJECTNESS = True
     # (The ROI heads' final-score rescaling by objectness^w is MODEL.OVD.FUSION.OBJECTNESS_WEIGHT.)
+
+
+def _add_checkpoint_config(cfg: CN) -> None:
+    """How training runs keep their checkpoints (tools/train_net.py, RO-ViT and CLIPSelf)."""
+    _C = cfg
+    _C.MODEL.OVD.CHECKPOINT = CN()
+    # Keep only the newest N periodic checkpoints (model_XXXXXXX.pth) in OUTPUT_DIR; older ones
+    # are deleted after each save. model_final.pth is always kept. 0 keeps every checkpoint.
+    _C.MODEL.OVD.CHECKPOINT.MAX_TO_KEEP = 3

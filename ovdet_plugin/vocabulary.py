@@ -236,6 +236,32 @@ def _from_json(path: str) -> Vocabulary:
     )
 
 
+def _refuse_misnamed_builtin(key: str) -> None:
+    """A one-name spec that looks like a built-in vocabulary or a dataset name ("lvis_v1",
+    "COCO-OV", "lvis_v1_val") is almost surely not a one-class vocabulary: raise with the fix."""
+    import difflib
+
+    from detectron2.data import DatasetCatalog
+
+    low = key.lower().replace("-", "_")
+    close = difflib.get_close_matches(low, list(BUILTIN_VOCABULARIES), n=1, cutoff=0.8)
+    prefix = [
+        b
+        for b in BUILTIN_VOCABULARIES
+        if low.startswith(b) and low[len(b) : len(b) + 1] in "_0123456789"
+    ]
+    if key in DatasetCatalog.list():
+        hint = f"the classes of the registered dataset: 'dataset:{key}'"
+    elif close or prefix:
+        hint = f"the built-in vocabulary: {(close or prefix)[0]!r}"
+    else:
+        return
+    raise ValueError(
+        f"Vocabulary {key!r} would be a vocabulary of one class named {key!r}. Did you mean "
+        f"{hint}? For a real one-class vocabulary, put the name in a .txt file."
+    )
+
+
 def load_vocabulary(spec) -> Vocabulary:
     """Turn a vocabulary spec into a :class:`Vocabulary`.
 
@@ -267,6 +293,8 @@ def load_vocabulary(spec) -> Vocabulary:
                 "comma-separated list of names."
             )
         return _from_json(key) if key.endswith(".json") else _from_txt(key)
+    if "," not in key:
+        _refuse_misnamed_builtin(key)
     names = [n.strip() for n in key.split(",")]
     if not any(names):
         names = []

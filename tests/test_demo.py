@@ -21,7 +21,7 @@ def test_demo_on_a_folder_writes_one_png_per_image(tmp_path):
     cmd = [
         sys.executable, os.path.join(REPO_ROOT, "tools", "demo.py"),
         "--config-file", os.path.join(REPO_ROOT, "configs", "test", "tiny_fvlm.yaml"),
-        "--vocabulary", "cat, remote control, sofa",
+        "--vocabulary", "cat, remote control, sofa", "--random-weights",
         "--input", str(folder), "--output", str(out), "--confidence-threshold", "0.0",
         "MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "128",
     ]  # fmt: skip

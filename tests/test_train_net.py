@@ -21,10 +21,13 @@ def synthetic_root(tmp_path_factory):
     return str(root)
 
 
-def run_train_net(root, out, *opts):
-    env = dict(os.environ, DETECTRON2_DATASETS=root, PYTHONPATH=REPO_ROOT)
+def run_train_net(root, out, *opts, wrapper=None, env=None):
+    """Run tools/train_net.py on the small generated dataset (``wrapper``: Python code run instead,
+    given the script path and its arguments)."""
+    env = dict(os.environ, DETECTRON2_DATASETS=root, PYTHONPATH=REPO_ROOT, **(env or {}))
     cmd = [
-        sys.executable, os.path.join(REPO_ROOT, "tools", "train_net.py"),
+        sys.executable, *(["-c", wrapper] if wrapper else []),
+        os.path.join(REPO_ROOT, "tools", "train_net.py"),
         "--config-file", os.path.join(REPO_ROOT, "configs", "test", "tiny_fvlm.yaml"),
         *opts,
         "MODEL.META_ARCHITECTURE", "OVRCNN",
@@ -38,16 +41,28 @@ def run_train_net(root, out, *opts):
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
 
 
-def test_train_then_evaluate_with_stock_lvis_evaluator(synthetic_root, tmp_path):
-    result = run_train_net(synthetic_root, tmp_path)
+# 6 iterations, a checkpoint every 2, fixed seed: the run the fault test compares with.
+FAULT_OPTS = ("SOLVER.MAX_ITER", "6", "SOLVER.CHECKPOINT_PERIOD", "2", "SEED", "3")
+
+
+@pytest.fixture(scope="module")
+def trained_run(synthetic_root, tmp_path_factory):
+    """An uninterrupted training run (then its evaluation): (output folder, its log)."""
+    out = tmp_path_factory.mktemp("trained")
+    result = run_train_net(synthetic_root, out, *FAULT_OPTS)
     log = result.stdout + result.stderr
     assert result.returncode == 0, log[-4000:]
-    assert os.path.isfile(tmp_path / "model_final.pth")
+    return out, log
+
+
+def test_train_then_evaluate_with_stock_lvis_evaluator(synthetic_root, trained_run, tmp_path):
+    out, log = trained_run
+    assert os.path.isfile(out / "model_final.pth")
     assert "copypaste: AP,AP50,AP75,APs,APm,APl,APr,APc,APf" in log  # LVISEvaluator ran
 
     evaluated = run_train_net(
         synthetic_root, tmp_path / "eval", "--eval-only",
-        "MODEL.WEIGHTS", str(tmp_path / "model_final.pth"),
+        "MODEL.WEIGHTS", str(out / "model_final.pth"),
     )  # fmt: skip
     log = evaluated.stdout + evaluated.stderr
     assert evaluated.returncode == 0, log[-4000:]
@@ -58,3 +73,65 @@ def test_unknown_config_key_fails_cleanly(synthetic_root, tmp_path):
     result = run_train_net(synthetic_root, tmp_path, "MODEL.OVD.NOT_A_KEY", "1")
     assert result.returncode != 0
     assert "Non-existent key: MODEL.OVD.NOT_A_KEY" in result.stderr  # Detectron2's message
+
+
+# Kills tools/train_net.py inside its N-th checkpoint save, after half the file is written: the same
+# state a SIGKILL (or power loss) during a checkpoint save leaves behind.
+KILL_IN_SAVE = """
+import os, runpy, signal, sys, torch
+n, calls, save = int(os.environ["OVDET_KILL_AT_SAVE"]), [0], torch.save
+def killing_save(obj, f, *args, **kwargs):
+    save(obj, f, *args, **kwargs)
+    calls[0] += os.path.basename(str(f)).startswith(".tmp-model_")  # checkpoint saves only
+    if calls[0] == n:
+        with open(f, "r+b") as fh:
+            fh.truncate(os.path.getsize(f) // 2)
+        os.kill(os.getpid(), signal.SIGKILL)
+torch.save = killing_save
+sys.argv = [sys.argv[1]] + sys.argv[2:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def _load_model_weights(path):
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=False)["model"]
+
+
+def test_kill_during_checkpoint_save_then_resume_matches_uninterrupted_run(
+    synthetic_root, trained_run, tmp_path
+):
+    """A SIGKILL inside a checkpoint save leaves no file corrupt under a final name; the resumed
+    run cleans the temporary file up and ends with the uninterrupted run's exact weights."""
+    import torch
+
+    out = tmp_path / "killed"
+    # the 2nd save is model_0000003.pth: killed with a half-written temporary file
+    killed = run_train_net(
+        synthetic_root, out, *FAULT_OPTS,
+        wrapper=KILL_IN_SAVE, env={"OVDET_KILL_AT_SAVE": "2"},
+    )  # fmt: skip
+    assert killed.returncode == -9, (killed.stdout + killed.stderr)[-4000:]
+    left = sorted(os.listdir(out))
+    assert "model_0000003.pth" not in left  # never under its final name
+    assert any(f.startswith(".tmp-model_0000003.pth") for f in left), left
+    assert (out / "last_checkpoint").read_text() == "model_0000001.pth"
+    _load_model_weights(out / "model_0000001.pth")  # the previous checkpoint is intact
+
+    resumed = run_train_net(synthetic_root, out, "--resume", *FAULT_OPTS)
+    log = resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0, log[-4000:]
+    assert "Removed 1 temporary file(s) left by an interrupted write" in log
+    assert not [f for f in os.listdir(out) if f.startswith(".tmp-")]
+    for f in os.listdir(out):  # every checkpoint left is complete
+        if f.endswith(".pth"):
+            _load_model_weights(out / f)
+    final, ref = _load_model_weights(out / "model_final.pth"), _load_model_weights(
+        trained_run[0] / "model_final.pth"
+    )
+    assert final.keys() == ref.keys()
+    different = [
+        k for k in ref if not torch.equal(torch.as_tensor(final[k]), torch.as_tensor(ref[k]))
+    ]
+    assert not different, different[:5]

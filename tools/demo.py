@@ -6,15 +6,24 @@
         MODEL.WEIGHTS output/fvlm/model_final.pth MODEL.DEVICE cpu
 
 --input takes image files and/or folders (every .jpg/.jpeg/.png/.bmp inside); one PNG per image is
-written to --output. The vocabulary is swapped into the built model (``ovdet_plugin.
-set_vocabulary``): no rebuild, no NUM_CLASSES to edit. Runs on CPU or GPU (MODEL.DEVICE).
+written to --output (``name.png``; ``name_2.png``, ... when two inputs share a name). The vocabulary
+is swapped into the built model (``ovdet_plugin.set_vocabulary``): no rebuild, no NUM_CLASSES to
+edit. Runs on CPU or GPU (MODEL.DEVICE).
+
+Checked before the model is built: MODEL.WEIGHTS is set (or --random-weights), the device exists,
+--output is writable, every input exists. An unreadable image is reported and skipped; the exit
+code is then 1. A typed --vocabulary is encoded even when MODEL.OVD.TEXT.EMBEDDINGS_FILE is set
+(that file holds the config's vocabulary).
 """
 
 import argparse
 import hashlib
 import os
+import re
+import sys
 
 import cv2
+import numpy as np
 from detectron2.data import MetadataCatalog
 from detectron2.data.detection_utils import read_image
 from detectron2.engine import DefaultPredictor
@@ -23,7 +32,11 @@ from detectron2.utils.visualizer import Visualizer
 from tqdm import tqdm
 
 import ovdet_plugin
+from ovdet_plugin.engine.checks import check_device, check_writable_dir
+from ovdet_plugin.vocabulary import load_vocabulary
 
+# a config override key such as MODEL.WEIGHTS (what follows --input by mistake)
+CONFIG_KEY_RE = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 
@@ -45,6 +58,30 @@ def list_images(inputs):
     return paths
 
 
+def output_names(paths):
+    """One PNG name per input: its base name, with ``_2``, ``_3``, ... for repeated names."""
+    seen, names = {}, []
+    for path in paths:
+        stem = os.path.splitext(os.path.basename(path))[0]
+        seen[stem] = seen.get(stem, 0) + 1
+        names.append(stem + (f"_{seen[stem]}" if seen[stem] > 1 else "") + ".png")
+    return names
+
+
+def read_image_bgr(path):
+    """(H, W, 3) uint8 BGR. 16-bit PNG/TIFF are scaled to 8 bits (Detectron2's reader would
+    saturate them); other files go through Detectron2's ``read_image`` (EXIF orientation)."""
+    raw = cv2.imread(path, cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
+    if raw is not None and raw.dtype == np.uint16:
+        image = (raw.astype(np.float32) / 257.0).round().astype(np.uint8)
+        if image.ndim == 2:
+            image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+        elif image.shape[2] == 4:
+            image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+        return image
+    return read_image(path, format="BGR")
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--config-file", required=True)
@@ -56,8 +93,22 @@ def parse_args(argv=None):
     p.add_argument("--confidence-threshold", type=float, default=0.3)
     p.add_argument("--top-k", type=int, default=0, help="draw at most this many (0: all)")
     p.add_argument("--scale", type=float, default=1.0, help="picture size / image size")
+    p.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="allow running without MODEL.WEIGHTS (an untrained detector: tests only)",
+    )
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    # "--input a.jpg MODEL.WEIGHTS w.pth": argparse gives the overrides to --input
+    for i, item in enumerate(args.input):
+        if CONFIG_KEY_RE.match(item) and not os.path.exists(item):
+            args.opts = args.input[i:] + list(args.opts)
+            args.input = args.input[:i]
+            break
+    if not args.input:
+        p.error("--input needs at least one image file or folder before the config overrides")
+    return args
 
 
 def main(argv=None):
@@ -65,26 +116,58 @@ def main(argv=None):
     logger = setup_logger(name="ovdet_plugin")
     cfg = ovdet_plugin.get_ovdet_cfg(args.config_file, args.opts)
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = args.confidence_threshold
+    # checks before the model is built
+    images = list_images(args.input)
+    if not cfg.MODEL.WEIGHTS and not args.random_weights:
+        raise SystemExit(
+            "MODEL.WEIGHTS is not set: the demo would draw an untrained detector's boxes. Add "
+            "MODEL.WEIGHTS path/to/model_final.pth at the end of the command (or --random-weights "
+            "to run an untrained model on purpose)."
+        )
+    check_device(cfg.MODEL.DEVICE)
+    check_writable_dir(args.output, "--output")
+    spec = args.vocabulary or cfg.MODEL.OVD.TEST_VOCABULARY or cfg.MODEL.OVD.TRAIN_VOCABULARY
+    config_spec = cfg.MODEL.OVD.TEST_VOCABULARY or cfg.MODEL.OVD.TRAIN_VOCABULARY
+    if args.vocabulary and cfg.MODEL.OVD.TEXT.EMBEDDINGS_FILE:
+        if load_vocabulary(spec).names != load_vocabulary(config_spec).names:
+            # the file holds the config's classes: its rows must not be drawn under new names
+            logger.warning(
+                "--vocabulary differs from the config's vocabulary: encoding it with "
+                "MODEL.OVD.CLIP instead of reading MODEL.OVD.TEXT.EMBEDDINGS_FILE %s.",
+                cfg.MODEL.OVD.TEXT.EMBEDDINGS_FILE,
+            )
+            cfg.MODEL.OVD.TEXT.EMBEDDINGS_FILE = ""
     cfg.freeze()
     predictor = DefaultPredictor(cfg)
-    spec = args.vocabulary or cfg.MODEL.OVD.TEST_VOCABULARY or cfg.MODEL.OVD.TRAIN_VOCABULARY
     vocabulary = ovdet_plugin.set_vocabulary(predictor.model, spec, cfg)
     key = hashlib.sha1("\n".join(vocabulary.names).encode()).hexdigest()[:12]
     metadata = MetadataCatalog.get(f"__ovdet_demo_{key}")
     if not metadata.get("thing_classes"):
         metadata.set(thing_classes=list(vocabulary.names))
-    os.makedirs(args.output, exist_ok=True)
-    images = list_images(args.input)
-    for path in tqdm(images, desc="demo", unit="img", disable=len(images) < 2):
-        image = read_image(path, format="BGR")
+    failed = []
+    names = output_names(images)
+    for path, name in tqdm(zip(images, names), desc="demo", unit="img", total=len(images),
+                           disable=len(images) < 2):  # fmt: skip
+        try:
+            image = read_image_bgr(path)
+        except Exception as e:  # one unreadable image must not stop the others
+            logger.error("%s: cannot read the image (%s: %s); skipped.", path, type(e).__name__, e)
+            failed.append(path)
+            continue
         instances = predictor(image)["instances"].to("cpu")
         if args.top_k > 0:  # highest scores first
             instances = instances[instances.scores.argsort(descending=True)[: args.top_k]]
         visualizer = Visualizer(image[:, :, ::-1], metadata, scale=args.scale)
         drawing = visualizer.draw_instance_predictions(instances)
-        out = os.path.join(args.output, os.path.splitext(os.path.basename(path))[0] + ".png")
-        cv2.imwrite(out, drawing.get_image()[:, :, ::-1])
+        out = os.path.join(args.output, name)
+        if not cv2.imwrite(out, drawing.get_image()[:, :, ::-1]):
+            logger.error("%s: could not write %s (disk full or folder removed?)", path, out)
+            failed.append(path)
+            continue
         logger.info("%s: %d detections -> %s", path, len(instances), out)
+    if failed:
+        logger.error("%d of %d image(s) failed: %s", len(failed), len(images), ", ".join(failed))
+        sys.exit(1)
 
 
 if __name__ == "__main__":

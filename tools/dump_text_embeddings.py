@@ -44,6 +44,14 @@ def main(argv=None):
     if not args.output.endswith((".pt", ".npy")):
         raise SystemExit(f"--output must end with .pt or .npy, got {args.output!r}")
     vocabulary = load_vocabulary(args.vocabulary)
+    if not args.pretrained:
+        logger.warning(
+            "No --pretrained: %s gets RANDOM weights, so %s will hold meaningless embeddings "
+            "(fine for tests only). Pass --pretrained with a local checkpoint file or an "
+            "open_clip tag for real embeddings.",
+            args.model,
+            args.output,
+        )
     model = build_clip_model(args.model, args.pretrained, device=args.device)
     start = time.perf_counter()
     emb = get_text_embeddings(

@@ -7,19 +7,28 @@ or many GPUs/machines through Detectron2's ``launch``.
         MODEL.WEIGHTS output/fvlm_RN50_FPN/model_final.pth MODEL.OVD.TEST_VOCABULARY lvis
 """
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser
 
 import ovdet_plugin  # noqa: F401  (registers the plugin)
 from ovdet_plugin.engine import OVDTrainer, launch_main, setup_ovdet_cfg
+from ovdet_plugin.utils.checkpoint import AtomicCheckpointer
 
 
 def main(args):
     cfg = setup_ovdet_cfg(args)
     if args.eval_only:
+        if not cfg.MODEL.WEIGHTS and not args.resume:
+            raise SystemExit(
+                "--eval-only needs trained weights: add MODEL.WEIGHTS path/to/model_final.pth "
+                "(or --resume to evaluate OUTPUT_DIR's last checkpoint)."
+            )
         model = OVDTrainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume
+        checkpointer = AtomicCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
+        checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        resumed = args.resume and checkpointer.has_checkpoint()
+        # a checkpoint of another model would leave random layers: refuse to evaluate those
+        checkpointer.require_complete_load(
+            checkpointer.get_checkpoint_file() if resumed else cfg.MODEL.WEIGHTS
         )
         return OVDTrainer.test(cfg, model)
     trainer = OVDTrainer(cfg)

@@ -9,6 +9,17 @@ Detectron2 project (``tools/train_net.py`` is a thin wrapper around it):
 - the optimizer (``MODEL.OVD.SOLVER``): SGD or AdamW, learnable temperatures excluded from weight
   decay (F-VLM, METHODS 2.2), layer-wise lr decay for a fine-tuned CLIP ViT backbone
   (``MODEL.OVD.BACKBONE.LR_DECAY_RATE``, RO-ViT / ViTDet), Detectron2's gradient clipping.
+
+It also makes runs safe to kill and resume, and checks its inputs first:
+
+- checkpoints are written atomically (``AtomicCheckpointer``), the newest
+  ``MODEL.OVD.CHECKPOINT.MAX_TO_KEEP`` are kept, leftovers of a killed save are removed;
+- every step is seeded from (``SEED``, iteration, rank) and, with Detectron2's
+  ``TrainingSampler``, the loader restarts at the resumed sample, so a resumed run retraces an
+  uninterrupted one (exactly with ``DATALOADER.NUM_WORKERS 0`` and batches that aspect-ratio
+  grouping does not reorder);
+- the device, ``OUTPUT_DIR``, and the vocabularies against the datasets' classes are checked
+  before training or inference starts (``ovdet_plugin.engine.checks``).
 """
 
 import json
@@ -17,20 +28,27 @@ from functools import partial
 
 import torch
 from detectron2.data import build_detection_train_loader
+from detectron2.data.build import _train_loader_from_config
+from detectron2.data.samplers import TrainingSampler
 from detectron2.engine import DefaultTrainer, default_setup, launch
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils import comm
+from detectron2.utils.env import seed_all_rng
 
 from ..config import get_ovdet_cfg
 from ..data.vild_embeddings import OVDDatasetMapper
 from ..evaluation import build_ov_evaluator
 from ..modeling.backbone.utils import get_vit_lr_decay_rate
+from ..pretraining.trainer import InfiniteShardedSampler, get_seed, step_seed
 from ..utils.atomic_io import atomic_write_path
+from ..utils.checkpoint import AtomicCheckpointer
+from .checks import check_device, check_vocabulary_matches_dataset, check_writable_dir
 
 __all__ = [
     "EVAL_RESULTS_FILE",
     "OVDTrainer",
     "build_ovdet_optimizer",
+    "check_ovdet_cfg",
     "launch_main",
     "setup_ovdet_cfg",
 ]
@@ -82,11 +100,32 @@ def build_ovdet_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
     )
 
 
+def check_ovdet_cfg(cfg) -> None:
+    """The checks that need no data or model: ``MODEL.DEVICE`` exists here and ``OUTPUT_DIR``
+    is writable (created if needed). Raise with the fix."""
+    check_device(cfg.MODEL.DEVICE)
+    check_writable_dir(cfg.OUTPUT_DIR, "OUTPUT_DIR")
+
+
 class OVDTrainer(DefaultTrainer):
-    """``DefaultTrainer`` with the plugin's evaluator, train mapper and optimizer."""
+    """``DefaultTrainer`` with the plugin's evaluator, train mapper and optimizer, atomic
+    keep-last-N checkpoints, per-step seeding and checks of its inputs (see the module doc)."""
+
+    def __init__(self, cfg):
+        check_ovdet_cfg(cfg)
+        super().__init__(cfg)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        # the test loader was built first, so the dataset's metadata is known: check before
+        # inference that the test vocabulary names the dataset's classes in its order
+        test_spec = cfg.MODEL.OVD.TEST_VOCABULARY or cfg.MODEL.OVD.TRAIN_VOCABULARY
+        option = (
+            "MODEL.OVD.TEST_VOCABULARY"
+            if cfg.MODEL.OVD.TEST_VOCABULARY
+            else ("MODEL.OVD.TRAIN_VOCABULARY (MODEL.OVD.TEST_VOCABULARY is empty)")
+        )
+        check_vocabulary_matches_dataset(test_spec, dataset_name, option)
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         return build_ov_evaluator(dataset_name, output_dir=output_folder)
 
@@ -103,18 +142,65 @@ class OVDTrainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        return build_detection_train_loader(cfg, mapper=OVDDatasetMapper(cfg, is_train=True))
+        """Detectron2's train loader with ``OVDDatasetMapper``, after checking that
+        ``MODEL.OVD.TRAIN_VOCABULARY`` names every training dataset's classes in order. Detectron2's
+        ``TrainingSampler`` is replaced by the equivalent ``InfiniteShardedSampler`` (seeded by
+        ``SEED``), whose start the trainer sets on resume; it is the loader's ``ovdet_sampler``."""
+        kwargs = _train_loader_from_config(cfg, mapper=OVDDatasetMapper(cfg, is_train=True))
+        for name in cfg.DATASETS.TRAIN:
+            check_vocabulary_matches_dataset(
+                cfg.MODEL.OVD.TRAIN_VOCABULARY, name, "MODEL.OVD.TRAIN_VOCABULARY"
+            )
+        sampler = None
+        if type(kwargs["sampler"]) is TrainingSampler:
+            sampler = InfiniteShardedSampler(len(kwargs["dataset"]), seed=get_seed(cfg))
+            kwargs["sampler"] = sampler
+        # its own generator: the DataLoader then draws nothing from the global RNG (which would
+        # shift the first resumed step's random choices)
+        loader = build_detection_train_loader(**kwargs, seed=get_seed(cfg))
+        loader.ovdet_sampler = sampler
+        return loader
 
     @classmethod
     def build_optimizer(cls, cfg, model):
         return build_ovdet_optimizer(cfg, model)
 
+    def build_hooks(self):
+        # before Detectron2's PeriodicCheckpointer hook takes it: the atomic, keep-last-N one
+        self.checkpointer = AtomicCheckpointer(
+            self.checkpointer.model,
+            self.cfg.OUTPUT_DIR,
+            max_to_keep=self.cfg.MODEL.OVD.CHECKPOINT.MAX_TO_KEEP,
+            **self.checkpointer.checkpointables,
+        )
+        return super().build_hooks()
+
+    def resume_or_load(self, resume=True):
+        """Detectron2's resume, then the train sampler skips the samples of the finished
+        iterations (``start_iter`` × images per rank)."""
+        super().resume_or_load(resume=resume)
+        sampler = getattr(self._trainer.data_loader, "ovdet_sampler", None)
+        if sampler is not None:
+            sampler.start = self.start_iter * (
+                self.cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size()
+            )
+
+    def run_step(self):
+        self._trainer.iter = self.iter
+        # create the loader iterator first (DataLoader.__iter__ draws a seed from the global RNG),
+        # then seed the step: augmentation, proposal sampling, ... depend only on the iteration
+        self._trainer._data_loader_iter
+        seed_all_rng(step_seed(get_seed(self.cfg), self.iter, comm.get_rank()) % 2**31)
+        self._trainer.run_step()
+
 
 def setup_ovdet_cfg(args):
     """``get_cfg`` + ``add_ovdet_config`` + the config file + command-line overrides, then
-    Detectron2's ``default_setup`` (logging, output folder, seed). Returns the frozen config."""
+    :func:`check_ovdet_cfg` and Detectron2's ``default_setup`` (logging, output folder, seed).
+    Returns the frozen config."""
     cfg = get_ovdet_cfg(args.config_file, args.opts)
     cfg.freeze()
+    check_ovdet_cfg(cfg)  # before default_setup writes into OUTPUT_DIR
     default_setup(cfg, args)
     return cfg
 

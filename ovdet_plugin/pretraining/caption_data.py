@@ -54,9 +54,37 @@ def _pick(record: Dict, keys: Sequence[str], what: str, where: str) -> str:
     for k in keys:
         if k in record and record[k] not in (None, ""):
             return str(record[k])
+    found = sorted(str(k) for k in record if k is not None)  # csv puts extra fields under None
+    hint = ""
+    if len(found) == 1 and any(d in found[0] for d in ";\t|"):
+        hint = (
+            " The header looks like one column holding another delimiter: write the CSV with "
+            "commas (or tabs in a .tsv file)."
+        )
     raise ValueError(
-        f"{where}: no {what} column/key; expected one of {list(keys)}, found {sorted(record)}."
+        f"{where}: no {what} column/key; expected one of {list(keys)}, found {found}.{hint}"
     )
+
+
+def _read_jsonl(path: str) -> List[Dict]:
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(
+                    f"{path}, line {n}: not valid JSON ({e.msg}). Each line must be one object "
+                    'like {"path": "img.jpg", "caption": "a cat"}; fix or remove that line.'
+                ) from e
+            if not isinstance(records[-1], dict):
+                raise ValueError(
+                    f"{path}, line {n}: expected a JSON object with an image path and a caption, "
+                    f"got {type(records[-1]).__name__}; fix or remove that line."
+                )
+    return records
 
 
 def load_caption_list(path: str, image_root: str = "") -> List[Tuple[str, str]]:
@@ -79,22 +107,22 @@ def load_caption_list(path: str, image_root: str = "") -> List[Tuple[str, str]]:
         with open(path, newline="", encoding="utf-8") as f:
             records = list(csv.DictReader(f, delimiter="\t" if path.endswith(".tsv") else ","))
     elif path.endswith(".jsonl") or path.endswith(".json"):
-        with open(path, encoding="utf-8") as f:
-            records = [json.loads(line) for line in f if line.strip()]
+        records = _read_jsonl(path)
     else:
         raise ValueError(
             f"Caption list {path!r}: unknown format; use .csv/.tsv (with a header) or .jsonl."
         )
-    out = []
+    out, blank = [], 0
     for i, r in enumerate(records):
         where = f"{path}, entry {i}"
         img = _pick(r, _IMAGE_KEYS, "image path", where)
-        out.append(
-            (
-                img if os.path.isabs(img) else os.path.join(root, img),
-                _pick(r, _CAPTION_KEYS, "caption", where),
-            )
-        )
+        caption = _pick(r, _CAPTION_KEYS, "caption", where)
+        if not caption.strip():  # nothing to learn from: never trained on
+            blank += 1
+            continue
+        out.append((img if os.path.isabs(img) else os.path.join(root, img), caption))
+    if blank:
+        logger.warning(f"{path}: dropped {blank} entries whose caption is empty or whitespace")
     if not out:
         raise ValueError(
             f"Caption list {path!r} has no entries; add 'path,caption' rows (CSV) or "

@@ -153,11 +153,26 @@ def clipself_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     return 1.0 - F.cosine_similarity(student, teacher, dim=-1).mean()
 
 
+def check_ensemble_alpha(alpha: float) -> None:
+    """Raise ``ValueError`` unless 0 <= ``alpha`` <= 1 (outside, the exported weights
+    extrapolate beyond both student and teacher)."""
+    if not 0.0 <= float(alpha) <= 1.0:
+        raise ValueError(
+            f"MODEL.OVD.CLIPSELF.ALPHA_ENSEMBLE must be in [0, 1] (the student's share of the "
+            f"exported weights), got {alpha}. Use 0.7 (ViT-B/16) or 0.95 (ViT-L/14) as CLIPSelf "
+            "does."
+        )
+
+
+MAX_EMPTY_BATCHES = 20  # consecutive batches without one readable image before CLIPSelf stops
+
+
 def ensemble_state_dict(
     student: Dict[str, torch.Tensor], teacher: Dict[str, torch.Tensor], alpha: float
 ) -> Dict[str, torch.Tensor]:
     """``alpha * student + (1 - alpha) * teacher`` for every floating entry (CLIPSelf
     ``student_teacher_ensemble``, METHODS 3.7); other entries are the student's."""
+    check_ensemble_alpha(alpha)
     out = {}
     for k, v in student.items():
         t = teacher.get(k)
@@ -283,6 +298,13 @@ class CLIPSelfModel(nn.Module):
     def forward(self, batch: List[Dict]) -> Dict[str, torch.Tensor]:
         device = self.clip.logit_scale.device
         samples = [dict(s, image=s["image"].to(device)) for s in batch]
+        self._empty_batches = 0 if samples else getattr(self, "_empty_batches", 0) + 1
+        if self._empty_batches >= MAX_EMPTY_BATCHES:
+            raise RuntimeError(
+                f"CLIPSelf: not one readable image in the last {MAX_EMPTY_BATCHES} batches (see "
+                "the 'Skipped unreadable image' warnings). Check DATASETS.TRAIN's image files "
+                "and MODEL.OVD.CLIPSELF.IMAGE_FOLDER."
+            )
         if not samples:  # every image of the batch was unreadable: a zero loss keeps DDP in step
             return {"loss_clipself": sum(p.sum() * 0 for p in self.parameters() if p.requires_grad)}
         boxes = [self.region_boxes(s).to(device) for s in samples]

@@ -11,6 +11,7 @@ from detectron2.utils import comm
 from torch.utils.data import DataLoader
 
 from ..config import add_ovdet_config
+from ..engine.checks import check_writable_dir
 from .caption_data import (
     CaptionDataset,
     clip_image_transform,
@@ -22,6 +23,7 @@ from .clipself import (
     CLIPSelfImageDataset,
     CLIPSelfModel,
     ExportEnsembleHook,
+    check_ensemble_alpha,
     collate_images,
     list_training_images,
     load_proposals,
@@ -58,8 +60,10 @@ def setup_cfg(args):
         cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        logger.warning("MODEL.DEVICE %s: no CUDA GPU here, training on the CPU.", cfg.MODEL.DEVICE)
         cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
+    check_writable_dir(cfg.OUTPUT_DIR, "OUTPUT_DIR")  # before default_setup writes into it
     default_setup(cfg, args)
     return cfg
 
@@ -99,10 +103,31 @@ def build_caption_loader(cfg, image_size: int, start_iter: int = 0) -> DataLoade
     )
 
 
+def _require_readable_images(files, probe: int = 16) -> None:
+    """Open (header only) the first ``probe`` images; raise before training when none can be
+    read (a wrong image folder would otherwise train on nothing and export the input weights)."""
+    from PIL import Image
+
+    errors = []
+    for path in files[:probe]:
+        try:
+            with Image.open(path) as img:
+                img.verify()
+            return
+        except Exception as e:
+            errors.append(f"{path} ({type(e).__name__}: {e})")
+    if errors:
+        raise RuntimeError(
+            f"None of the first {len(errors)} training images can be read, e.g. {errors[0]}. "
+            "Check the image files of DATASETS.TRAIN / MODEL.OVD.CLIPSELF.IMAGE_FOLDER."
+        )
+
+
 def build_clipself_loader(cfg, start_iter: int = 0) -> DataLoader:
     """This rank's CLIPSelf loader (DATASETS.TRAIN and/or MODEL.OVD.CLIPSELF.IMAGE_FOLDER)."""
     c = cfg.MODEL.OVD.CLIPSELF
     files = list_training_images(cfg.DATASETS.TRAIN, c.IMAGE_FOLDER)
+    _require_readable_images(files)
     proposals = load_proposals(c.PROPOSALS_FILE) if c.MODE == "proposals" else None
     dataset = CLIPSelfImageDataset(files, c.IMAGE_SIZE, proposals, tuple(c.PROPOSAL_SIZE_RANGE))
     batch = _per_rank_batch(cfg)
@@ -156,6 +181,7 @@ def clipself_main(args):
     """CLIPSelf self-distillation (METHODS 3.1-3.7) in one process of ``launch``."""
     cfg = setup_cfg(args)
     c = cfg.MODEL.OVD.CLIPSELF
+    check_ensemble_alpha(c.ALPHA_ENSEMBLE)  # before any training, not at the first export
     model = _build_under_seed(cfg, CLIPSelfModel)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     logger.info(

@@ -3,7 +3,8 @@
 Detectron2's ``SimpleTrainer`` with its hooks (``IterationTimer``, ``LRScheduler``,
 ``PeriodicCheckpointer``, ``PeriodicWriter`` with ``CommonMetricPrinter`` + ``JSONWriter`` +
 ``TensorboardXWriter`` when tensorboard is importable), ``create_ddp_model`` for DDP (gloo on
-CPU), and a ``DetectionCheckpointer`` that writes atomically and saves model, optimizer,
+CPU), and an ``AtomicCheckpointer`` (``ovdet_plugin.utils.checkpoint``) that writes atomically,
+keeps the newest ``MODEL.OVD.CHECKPOINT.MAX_TO_KEEP`` checkpoints and saves model, optimizer,
 scheduler and iteration, so that ``--resume`` continues where a killed run stopped.
 
 Reproducibility: the model is built under ``SEED``; before every step the global torch RNG is
@@ -17,7 +18,6 @@ import os
 from typing import Callable, Dict, Iterator, List, Optional
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import SimpleTrainer, create_ddp_model, hooks
 from detectron2.solver import build_lr_scheduler
 from detectron2.utils import comm
@@ -25,7 +25,7 @@ from detectron2.utils.events import CommonMetricPrinter, JSONWriter, get_event_s
 from torch import nn
 from torch.utils.data import Sampler
 
-from ..utils.atomic_io import atomic_write_path
+from ..utils.checkpoint import AtomicCheckpointer
 
 __all__ = [
     "AtomicCheckpointer",
@@ -92,30 +92,6 @@ class InfiniteShardedSampler(Sampler):
         while True:
             yield from self._epoch(epoch)[offset:]
             epoch, offset = epoch + 1, 0
-
-
-class AtomicCheckpointer(DetectionCheckpointer):
-    """``DetectionCheckpointer`` whose files (checkpoint and ``last_checkpoint``) are written to a
-    temporary file and renamed, so a kill never leaves a truncated checkpoint behind."""
-
-    def save(self, name: str, **kwargs) -> None:
-        if not self.save_dir or not self.save_to_disk:
-            return
-        data = {"model": self.model.state_dict()}
-        for key, obj in self.checkpointables.items():
-            data[key] = obj.state_dict()
-        data.update(kwargs)
-        basename = f"{name}.pth"
-        save_file = os.path.join(self.save_dir, basename)
-        self.logger.info("Saving checkpoint to %s", save_file)
-        with atomic_write_path(save_file) as tmp:
-            torch.save(data, tmp)
-        self.tag_last_checkpoint(basename)
-
-    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
-        with atomic_write_path(os.path.join(self.save_dir, "last_checkpoint")) as tmp:
-            with open(tmp, "w") as f:
-                f.write(last_filename_basename)
 
 
 class PretrainTrainer(SimpleTrainer):
@@ -248,7 +224,13 @@ def run_training(
         seed=seed,
         clip_grad_norm=cfg.MODEL.OVD.PRETRAIN.CLIP_GRAD_NORM,
     )
-    checkpointer = AtomicCheckpointer(model, cfg.OUTPUT_DIR, trainer=trainer, optimizer=optimizer)
+    checkpointer = AtomicCheckpointer(
+        model,
+        cfg.OUTPUT_DIR,
+        max_to_keep=cfg.MODEL.OVD.CHECKPOINT.MAX_TO_KEEP,
+        trainer=trainer,
+        optimizer=optimizer,
+    )
     hook_list = [hooks.IterationTimer(), hooks.LRScheduler(optimizer, scheduler)]
     if comm.is_main_process():
         hook_list.append(

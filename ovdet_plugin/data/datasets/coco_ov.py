@@ -21,13 +21,21 @@ into the metadata (``thing_class_splits``), never from class counts or dataset n
 import json
 import logging
 import os
+from collections import Counter
 from typing import Dict, List, Optional
 
 from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
 
 from ...utils.atomic_io import atomic_write_path
 from ...vocabulary import BASE, coco_vocabulary
-from .common import datasets_root, ov_metadata, register_or_replace, require_file
+from .common import (
+    box_problem,
+    datasets_root,
+    log_dropped,
+    ov_metadata,
+    register_or_replace,
+    require_file,
+)
 
 __all__ = [
     "OV_COCO_SPLITS",
@@ -85,20 +93,45 @@ def load_ov_coco_json(json_file: str, image_root: str, base_only: bool) -> List[
     id_map = meta["thing_dataset_id_to_contiguous_id"]
     keep = {d for d, i in id_map.items() if not base_only or meta["thing_class_splits"][i] == BASE}
     # dataset_name=None: load_coco_json leaves the raw COCO category ids; we map them here.
-    dicts = load_coco_json(json_file, image_root, dataset_name=None)
-    out, removed = [], 0
+    try:
+        dicts = load_coco_json(json_file, image_root, dataset_name=None)
+    except json.JSONDecodeError as e:
+        raise ValueError(
+            f"{json_file} is not valid JSON (line {e.lineno}: {e.msg}); the file is truncated or "
+            f"corrupt. Download it again (see datasets/README.md, section '{README_SECTION}')."
+        ) from e
+    dup = [i for i, n in Counter(r["image_id"] for r in dicts).items() if n > 1]
+    if dup:
+        raise ValueError(
+            f"{json_file}: {len(dup)} image id(s) appear more than once (e.g. {dup[:5]}); boxes "
+            "would be trained on the wrong image. Give every image a unique id in the file."
+        )
+    out, removed, dropped = [], 0, Counter()
     for record in dicts:
-        anns = [a for a in record["annotations"] if a["category_id"] in keep]
-        removed += len(record["annotations"]) - len(anns)
-        for a in anns:
+        anns = []
+        for a in record["annotations"]:
+            if a["category_id"] not in keep:
+                removed += 1
+                continue
+            problem = box_problem(a.get("bbox"), record["width"], record["height"])
+            if problem:
+                dropped[f"with a bbox {problem}" if problem != "no bbox" else "without bbox"] += 1
+                continue
             a["category_id"] = id_map[a["category_id"]]
+            anns.append(a)
         record["annotations"] = anns
         if anns or not base_only:
             out.append(record)
+    if base_only and not out:
+        raise ValueError(
+            f"{json_file}: no image has an annotation of the 48 base classes. Is this a COCO 2017 "
+            "instances file? See datasets/README.md, section 'OV-COCO'."
+        )
     logger.info(
         f"OV-COCO: {len(out)} of {len(dicts)} images from {json_file}; removed {removed} "
         f"annotations of classes outside the {'48 base' if base_only else '65'} classes"
     )
+    log_dropped(dropped, json_file)
     return out
 
 

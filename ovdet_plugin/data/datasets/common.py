@@ -1,8 +1,11 @@
 """Shared helpers of the dataset registrations: the data root, file checks, OV metadata."""
 
+import json
 import logging
+import math
 import os
-from typing import Dict, List, Optional, Sequence
+from collections import Counter
+from typing import Dict, Iterable, List, Optional, Sequence
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
@@ -14,6 +17,10 @@ __all__ = [
     "ov_metadata",
     "get_dataset_vocabulary",
     "register_or_replace",
+    "read_json_file",
+    "require_unique_ids",
+    "box_problem",
+    "log_dropped",
 ]
 
 logger = logging.getLogger(__name__)
@@ -121,3 +128,56 @@ def class_image_count(
             if c in counts:
                 counts[c] += 1
     return [{"id": d, "image_count": n} for d, n in counts.items()]
+
+
+def read_json_file(path: str) -> dict:
+    """``json.load`` of ``path``; a truncated or malformed file raises ``ValueError`` naming the
+    file, the line and the fix (instead of a bare ``JSONDecodeError``)."""
+    from detectron2.utils.file_io import PathManager
+
+    try:
+        with PathManager.open(path, "r") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(
+            f"{path} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); the file is "
+            "truncated or corrupt. Download or regenerate it."
+        ) from e
+
+
+def require_unique_ids(items: Iterable[dict], what: str, path: str) -> None:
+    """Raise ``ValueError`` when two ``items`` share an ``"id"``: annotations would be attached to
+    the wrong image or trained under the wrong class."""
+    counts = Counter(item.get("id") for item in items)
+    dup = sorted((i for i, n in counts.items() if n > 1), key=str)
+    if dup:
+        raise ValueError(
+            f"{path}: {len(dup)} {what} id(s) appear more than once (e.g. {dup[:5]}); boxes would "
+            f"be trained under the wrong {'class' if what == 'category' else what}. Give every "
+            f"{what} a unique id in the file."
+        )
+
+
+def box_problem(bbox, width: Optional[float] = None, height: Optional[float] = None) -> str:
+    """Why an XYWH ``bbox`` cannot be trained on ("" when it can): "no bbox", "not 4 numbers",
+    "NaN or infinite", "zero or negative size", "outside the image"."""
+    if bbox is None:
+        return "no bbox"
+    try:
+        x, y, w, h = (float(v) for v in bbox)
+    except (TypeError, ValueError):
+        return "not 4 numbers"
+    if not all(math.isfinite(v) for v in (x, y, w, h)):
+        return "NaN or infinite"
+    if w <= 0 or h <= 0:
+        return "zero or negative size"
+    if width and height and (x >= width or y >= height or x + w <= 0 or y + h <= 0):
+        return "outside the image"
+    return ""
+
+
+def log_dropped(dropped: Counter, where: str) -> None:
+    """Log what a loader dropped, counted by reason (a warning when anything was dropped)."""
+    if dropped:
+        reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(dropped.items()))
+        logger.warning(f"{where}: dropped {sum(dropped.values())} annotation(s): {reasons}")

@@ -14,17 +14,25 @@ Differences from ``load_lvis_json``: images are found by ``file_name`` (relative
 COCO RLE (RLE needs ``INPUT.MASK_FORMAT = "bitmask"`` in training).
 """
 
-import json
 import logging
 import os
+from collections import Counter
 from typing import Dict, List, Optional, Sequence
 
 from detectron2.data import MetadataCatalog
 from detectron2.structures import BoxMode
-from detectron2.utils.file_io import PathManager
 
 from ...vocabulary import BASE, load_vocabulary
-from .common import class_image_count, ov_metadata, register_or_replace, require_file
+from .common import (
+    box_problem,
+    class_image_count,
+    log_dropped,
+    ov_metadata,
+    read_json_file,
+    register_or_replace,
+    require_file,
+    require_unique_ids,
+)
 
 __all__ = ["load_lvis_format_json", "register_lvis_format_dataset", "lvis_format_metadata"]
 
@@ -34,11 +42,17 @@ CUSTOM_SECTION = "Your own LVIS-format dataset"
 
 
 def _read_json(json_file: str) -> dict:
-    with PathManager.open(json_file, "r") as f:
-        data = json.load(f)
+    """The file's content, refused when it is not LVIS-format JSON or has duplicate image or
+    category ids (which would put boxes on the wrong image or under the wrong class)."""
+    data = read_json_file(json_file)
     for key in ("images", "annotations", "categories"):
-        if key not in data:
-            raise ValueError(f"{json_file} is not an LVIS-format file: it has no {key!r} list")
+        if not isinstance(data, dict) or key not in data:
+            raise ValueError(
+                f"{json_file} is not an LVIS-format file: it has no {key!r} list. Pass an LVIS or "
+                "COCO instances JSON (with 'images', 'annotations' and 'categories')."
+            )
+    require_unique_ids(data["images"], "image", json_file)
+    require_unique_ids(data["categories"], "category", json_file)
     return data
 
 
@@ -61,8 +75,8 @@ def lvis_format_metadata(json_file: str, data: dict, base_only: bool = False) ->
     keep = _kept_ids(meta, base_only)
     per_image: Dict[int, List[int]] = {}
     for ann in data["annotations"]:
-        if ann["category_id"] in keep:
-            per_image.setdefault(ann["image_id"], []).append(ann["category_id"])
+        if ann.get("category_id") in keep:
+            per_image.setdefault(ann.get("image_id"), []).append(ann["category_id"])
     meta["class_image_count"] = class_image_count(list(per_image.values()), ids)
     return meta
 
@@ -140,18 +154,27 @@ def load_lvis_format_json(
 
     anns_per_image: Dict[int, List[dict]] = {}
     ann_ids = set()
+    image_ids = {img["id"] for img in data["images"]}
+    dropped: Counter = Counter()
     for ann in data["annotations"]:
-        if ann["id"] in ann_ids:
-            raise ValueError(f"Annotation id {ann['id']} appears twice in {json_file}")
-        ann_ids.add(ann["id"])
-        if ann["category_id"] not in id_map:
+        if ann.get("id") in ann_ids:
             raise ValueError(
-                f"Annotation {ann['id']} in {json_file} has category_id {ann['category_id']}, "
-                "which is not in the file's 'categories'"
+                f"Annotation id {ann.get('id')} appears twice in {json_file}; give every "
+                "annotation a unique id."
             )
+        ann_ids.add(ann.get("id"))
+        if ann.get("category_id") not in id_map:
+            raise ValueError(
+                f"Annotation {ann.get('id')} in {json_file} has category_id "
+                f"{ann.get('category_id')}, which is not in the file's 'categories'; add the "
+                "category or remove the annotation."
+            )
+        if ann.get("image_id") not in image_ids:
+            dropped["pointing to an unknown image_id"] += 1
+            continue
         anns_per_image.setdefault(ann["image_id"], []).append(ann)
 
-    dataset_dicts, removed, bad_segm = [], 0, 0
+    dataset_dicts, removed = [], 0
     for img in sorted(data["images"], key=lambda x: x["id"]):
         record = {
             "file_name": _image_path(image_root, img),
@@ -166,6 +189,10 @@ def load_lvis_format_json(
             if ann["category_id"] not in keep:
                 removed += 1
                 continue
+            problem = box_problem(ann.get("bbox"), img["width"], img["height"])
+            if problem:
+                dropped[f"with a bbox {problem}" if problem != "no bbox" else "without bbox"] += 1
+                continue
             obj = {
                 "bbox": ann["bbox"],
                 "bbox_mode": BoxMode.XYWH_ABS,
@@ -174,7 +201,7 @@ def load_lvis_format_json(
             if "segmentation" in ann:
                 segm = _valid_segmentation(ann["segmentation"])
                 if segm is None:
-                    bad_segm += 1
+                    dropped["with polygons all of < 3 points"] += 1
                     continue
                 obj["segmentation"] = segm
             if "iscrowd" in ann:
@@ -185,13 +212,31 @@ def load_lvis_format_json(
         record["annotations"] = objs
         dataset_dicts.append(record)
 
+    missing = [r["file_name"] for r in dataset_dicts if not os.path.isfile(r["file_name"])]
+    if missing and len(missing) == len(dataset_dicts):
+        raise FileNotFoundError(
+            f"None of the {len(missing)} images of {json_file} is on disk (e.g. {missing[0]!r}). "
+            f"Check image_root ({image_root!r}) and the images' file_name / coco_url."
+        )
+    if missing:  # found now, not in the middle of training
+        logger.warning(
+            f"{json_file}: dropped {len(missing)} image(s) missing on disk (e.g. {missing[0]!r})"
+        )
+        gone = set(missing)
+        dataset_dicts = [r for r in dataset_dicts if r["file_name"] not in gone]
+    kept = sum(len(r["annotations"]) for r in dataset_dicts)
+    if base_only and data["annotations"] and not kept:
+        raise ValueError(
+            f"{json_file}: base_only removed every annotation (no category is 'base': each is "
+            "frequency 'r' or split 'novel'). Mark the training classes base (frequency 'f'/'c' "
+            'or "split": "base"), or register the dataset with base_only=False.'
+        )
     logger.info(
-        f"Loaded {len(dataset_dicts)} images, {len(ann_ids) - removed - bad_segm} annotations "
+        f"Loaded {len(dataset_dicts)} images, {kept} annotations "
         f"of {len(id_map)} classes from {json_file}"
         + (f"; removed {removed} annotations of non-base classes" if base_only else "")
     )
-    if bad_segm:
-        logger.warning(f"Skipped {bad_segm} annotations whose polygons all had < 3 points")
+    log_dropped(dropped, json_file)
     return dataset_dicts
 
 
@@ -245,5 +290,5 @@ def register_lvis_format_dataset(
     if eager_metadata and os.path.isfile(json_file):
         try:
             _set_metadata(name, lvis_format_metadata(json_file, _read_json(json_file), base_only))
-        except (ValueError, KeyError, json.JSONDecodeError) as e:  # reported again at load time
+        except (ValueError, KeyError) as e:  # reported again at load time
             logger.warning(f"Could not read the metadata of {name!r} from {json_file}: {e}")

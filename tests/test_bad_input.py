@@ -1,0 +1,256 @@
+"""Bad input, as a new user would give it: each case fails early with a message that names the
+problem and the fix, or is dropped and counted, never trained, evaluated or drawn silently.
+
+Table-driven: every row is (case id, callable that must raise, exception type, words the message
+must contain)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from conftest import REPO_ROOT
+
+from ovdet_plugin.engine.checks import (
+    check_device,
+    check_vocabulary_matches_dataset,
+    check_writable_dir,
+)
+from ovdet_plugin.utils.checkpoint import AtomicCheckpointer
+from ovdet_plugin.vocabulary import load_vocabulary
+
+
+def _lvis_json(path, *, images=None, annotations=None, categories=None):
+    data = {
+        "images": (
+            images
+            if images is not None
+            else [{"id": 1, "file_name": "a.png", "height": 20, "width": 30}]
+        ),
+        "annotations": (
+            annotations
+            if annotations is not None
+            else [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5]}]
+        ),
+        "categories": (
+            categories
+            if categories is not None
+            else [
+                {"id": 1, "name": "cat", "frequency": "f"},
+                {"id": 2, "name": "dog", "frequency": "r"},
+            ]
+        ),
+    }
+    with open(path, "w") as f:
+        json.dump(data, f)
+    return str(path)
+
+
+def _load(path, **kwargs):
+    from ovdet_plugin.data.datasets.lvis_format import load_lvis_format_json
+
+    cv2.imwrite(os.path.join(os.path.dirname(path), "a.png"), np.zeros((20, 30, 3), np.uint8))
+    return load_lvis_format_json(path, os.path.dirname(path), **kwargs)
+
+
+def _truncated(tmp_path):
+    path = tmp_path / "t.json"
+    path.write_text('{"images": [{"id": 1, ')
+    return str(path)
+
+
+def _readonly_dir(tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    os.chmod(folder, 0o500)
+    return str(folder)
+
+
+RAISING = [
+    ("dataset: duplicate image id", lambda t: _load(_lvis_json(
+        t / "d.json", images=[{"id": 1, "file_name": "a.png", "height": 20, "width": 30}] * 2)),
+     ValueError, ["image id", "unique"]),
+    ("dataset: duplicate category id", lambda t: _load(_lvis_json(
+        t / "d.json", categories=[{"id": 1, "name": "cat"}, {"id": 1, "name": "dog"}])),
+     ValueError, ["category id", "unique"]),
+    ("dataset: truncated JSON names the file", lambda t: _load(_truncated(t)),
+     ValueError, ["t.json", "truncated"]),
+    ("dataset: base_only removes every annotation", lambda t: _load(_lvis_json(
+        t / "d.json", annotations=[{"id": 1, "image_id": 1, "category_id": 2,
+                                    "bbox": [1, 1, 5, 5]}]), base_only=True),
+     ValueError, ["base_only removed every annotation", "base_only=False"]),
+    ("dataset: every image missing on disk", lambda t: __import__(
+        "ovdet_plugin.data.datasets.lvis_format", fromlist=["x"]).load_lvis_format_json(
+        _lvis_json(t / "d.json"), str(t / "nowhere")),
+     FileNotFoundError, ["image_root", "on disk"]),
+    ("vocabulary: lvis_v1 as a one-class vocabulary", lambda t: load_vocabulary("lvis_v1"),
+     ValueError, ["'lvis'", ".txt file"]),
+    ("vocabulary: fewer classes than the dataset", lambda t: check_vocabulary_matches_dataset(
+        "cat, dog", "bad_input_synthetic_train", "MODEL.OVD.TRAIN_VOCABULARY"),
+     ValueError, ["has 2 classes", "dataset:bad_input_synthetic_train"]),
+    ("vocabulary: same size, other names", lambda t: check_vocabulary_matches_dataset(
+        ", ".join(f"c{i}" for i in range(32)), "bad_input_synthetic_train",
+        "MODEL.OVD.TRAIN_VOCABULARY"),
+     ValueError, ["differently", "dataset:bad_input_synthetic_train"]),
+    ("device: cuda without a GPU", lambda t: check_device("cuda")
+     if not torch.cuda.is_available() else check_device("cuda:99"),
+     ValueError, ["MODEL.DEVICE"]),
+    ("output: a file given as folder", lambda t: check_writable_dir(
+        str((t / "f").write_text("x") and t / "f"), "OUTPUT_DIR"),
+     NotADirectoryError, ["OUTPUT_DIR", "folder"]),
+    ("checkpoint: truncated .pth", lambda t: AtomicCheckpointer(torch.nn.Linear(2, 2)).load(
+        str((t / "m.pth").write_bytes(b"PK\x03\x04 truncated") and t / "m.pth")),
+     RuntimeError, ["m.pth", "truncated", "MODEL.WEIGHTS"]),
+    ("checkpoint: missing file", lambda t: AtomicCheckpointer(torch.nn.Linear(2, 2)).load(
+        str(t / "none.pth")),
+     FileNotFoundError, ["none.pth", "MODEL.WEIGHTS"]),
+    ("checkpoint: weights of another model", lambda t: _foreign_weights(t),
+     ValueError, ["does not fit the model", "--config-file"]),
+    ("captions: JSONL line that is not JSON", lambda t: _captions(t, "c.jsonl",
+     '{"path": "a.jpg", "caption": "a cat"}\n{"path": "b.jpg", \n'),
+     ValueError, ["c.jsonl, line 2", "fix or remove"]),
+    ("captions: CSV with another delimiter", lambda t: _captions(t, "c.csv",
+     "path;caption\na.jpg;a cat;x\n"),
+     ValueError, ["c.csv", "commas"]),
+    ("captions: only blank captions", lambda t: _captions(t, "c.jsonl",
+     '{"path": "a.jpg", "caption": "   "}\n'),
+     ValueError, ["no entries"]),
+    ("clipself: ensemble alpha outside [0, 1]", lambda t: __import__(
+        "ovdet_plugin.pretraining.clipself", fromlist=["x"]).check_ensemble_alpha(1.5),
+     ValueError, ["ALPHA_ENSEMBLE", "[0, 1]"]),
+]  # fmt: skip
+
+
+def _foreign_weights(tmp_path):
+    path = tmp_path / "other.pth"
+    torch.save({"model": {"something.else": torch.zeros(3)}}, path)
+    ckpt = AtomicCheckpointer(torch.nn.Linear(2, 2))
+    ckpt.load(str(path))
+    ckpt.require_complete_load(str(path))
+
+
+def _captions(tmp_path, name, text):
+    from ovdet_plugin.pretraining.caption_data import load_caption_list
+
+    (tmp_path / name).write_text(text)
+    return load_caption_list(str(tmp_path / name))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _synthetic_registered(tmp_path_factory):
+    """bad_input_synthetic_train: a tiny generated dataset (32 classes) registered for the rows."""
+    from ovdet_plugin.data.datasets.synthetic import register_synthetic_dataset
+    from ovdet_plugin.data.synthetic.generator import generate_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("d2")
+    generate_synthetic_dataset(
+        root / "ovdet_synthetic", num_train=4, num_val=2, num_pretrain=0, image_size=64,
+        progress=False,
+    )  # fmt: skip
+    register_synthetic_dataset(str(root / "ovdet_synthetic"), prefix="bad_input_synthetic")
+
+
+@pytest.mark.parametrize("case,fn,error,words", RAISING, ids=[r[0] for r in RAISING])
+def test_bad_input_is_refused_with_the_fix(tmp_path, case, fn, error, words):
+    with pytest.raises(error) as info:
+        fn(tmp_path)
+    for word in words:
+        assert word in str(info.value), (case, str(info.value))
+
+
+def test_readonly_output_dir_is_refused(tmp_path):
+    folder = _readonly_dir(tmp_path)
+    if os.access(folder, os.W_OK):  # root ignores permissions
+        pytest.skip("running as root: permissions are not enforced")
+    with pytest.raises(PermissionError, match="OUTPUT_DIR .* not writable"):
+        check_writable_dir(os.path.join(folder, "sub"), "OUTPUT_DIR")
+
+
+def test_dropped_annotations_are_counted_by_reason(tmp_path, caplog):
+    anns = [
+        {"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5]},  # kept
+        {"id": 2, "image_id": 9, "category_id": 1, "bbox": [1, 1, 5, 5]},  # unknown image
+        {"id": 3, "image_id": 1, "category_id": 1},  # no bbox
+        {"id": 4, "image_id": 1, "category_id": 1, "bbox": [1, 1, 0, 5]},  # zero width
+        {"id": 5, "image_id": 1, "category_id": 1, "bbox": [1, 1, -2, 5]},  # negative
+        {"id": 6, "image_id": 1, "category_id": 1, "bbox": [float("nan"), 1, 2, 5]},  # NaN
+        {"id": 7, "image_id": 1, "category_id": 1, "bbox": [50, 1, 2, 5]},  # outside 30 px
+    ]
+    with caplog.at_level("WARNING"):
+        dicts = _load(_lvis_json(tmp_path / "d.json", annotations=anns))
+    assert [len(d["annotations"]) for d in dicts] == [1]
+    log = caplog.text
+    assert "dropped 6 annotation(s)" in log
+    for reason in ["1 pointing to an unknown image_id", "1 without bbox",
+                   "2 with a bbox zero or negative size", "1 with a bbox NaN or infinite",
+                   "1 with a bbox outside the image"]:  # fmt: skip
+        assert reason in log, log
+
+
+def test_keep_last_n_checkpoints_and_stale_temporaries(tmp_path):
+    (tmp_path / ".tmp-model_0000009.pth-abc").write_bytes(b"half")
+    ckpt = AtomicCheckpointer(torch.nn.Linear(2, 2), str(tmp_path), max_to_keep=2)
+    assert not list(tmp_path.glob(".tmp-*"))  # removed on start
+    for it in range(5):
+        ckpt.save(f"model_{it:07d}")
+    ckpt.save("model_final")
+    assert sorted(os.listdir(tmp_path)) == [
+        "last_checkpoint", "model_0000003.pth", "model_0000004.pth", "model_final.pth"
+    ]  # fmt: skip
+
+
+def test_add_ovdet_config_twice_keeps_values():
+    from detectron2.config import get_cfg
+
+    from ovdet_plugin import add_ovdet_config
+
+    cfg = add_ovdet_config(get_cfg())
+    cfg.MODEL.OVD.TRAIN_VOCABULARY = "cat, dog"
+    cfg.MODEL.OVD.CLIP.MODEL_NAME = "ovdet-tiny-vit"
+    add_ovdet_config(cfg)
+    assert cfg.MODEL.OVD.TRAIN_VOCABULARY == "cat, dog"
+    assert cfg.MODEL.OVD.CLIP.MODEL_NAME == "ovdet-tiny-vit"
+    assert cfg.MODEL.OVD.CHECKPOINT.MAX_TO_KEEP == 3
+
+
+def _demo(tmp_path, *args):
+    cmd = [
+        sys.executable, os.path.join(REPO_ROOT, "tools", "demo.py"),
+        "--config-file", os.path.join(REPO_ROOT, "configs", "test", "tiny_fvlm.yaml"),
+        *args,
+    ]  # fmt: skip
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT)
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_demo_without_weights_is_refused(tmp_path):
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((20, 30, 3), np.uint8))
+    result = _demo(tmp_path, "--input", str(tmp_path / "a.png"), "--output", str(tmp_path / "o"))
+    assert result.returncode != 0
+    assert "MODEL.WEIGHTS is not set" in result.stderr and "model_final.pth" in result.stderr
+
+
+def test_demo_same_names_corrupt_image_16bit_and_overrides_after_input(tmp_path):
+    for sub in ("x", "y"):
+        (tmp_path / sub).mkdir()
+        cv2.imwrite(str(tmp_path / sub / "img.png"), np.full((40, 50, 3), 90, np.uint8))
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    deep = np.full((40, 50), 40000, np.uint16)  # 16-bit grey: 40000 / 257 = 156, not 255
+    cv2.imwrite(str(tmp_path / "deep.png"), deep)
+    out = tmp_path / "out"
+    result = _demo(
+        tmp_path, "--random-weights", "--output", str(out), "--confidence-threshold", "1.1",
+        "--input", str(tmp_path / "x" / "img.png"), str(tmp_path / "y" / "img.png"),
+        str(tmp_path / "bad.png"), str(tmp_path / "deep.png"),
+        "MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "64",
+    )  # fmt: skip
+    log = result.stdout + result.stderr
+    assert result.returncode == 1, log[-3000:]  # the corrupt image is reported
+    assert "bad.png: cannot read the image" in log and "1 of 4 image(s) failed" in log
+    assert sorted(os.listdir(out)) == ["deep.png", "img.png", "img_2.png"]
+    drawn = cv2.imread(str(out / "deep.png"))
+    assert int(drawn[20, 25, 0]) == 156  # scaled to 8 bits, not saturated at 255
