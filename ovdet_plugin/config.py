@@ -23,6 +23,7 @@ def add_ovdet_config(cfg: CN) -> CN:
     _add_backbone_config(cfg)
     _add_pretraining_config(cfg)
     _add_proposal_config(cfg)
+    _add_datasets_config(cfg)
     return cfg
 
 
@@ -342,3 +343,16 @@ def _add_proposal_config(cfg: CN) -> None:
     # only localisation-quality training [paper†].
     _C.MODEL.OVD.CENTERNESS_RPN.NEGATIVES_IN_OBJECTNESS = True
     # (The ROI heads' final-score rescaling by objectness^w is MODEL.OVD.FUSION.OBJECTNESS_WEIGHT.)
+
+
+def _add_datasets_config(cfg: CN) -> None:
+    """Your own datasets, registered by every tool (in every ``launch`` worker) without Python."""
+    _C = cfg
+    # Datasets to register before anything else, one spec string each (README "Train on your own
+    # data"): "name=NAME,format=coco|lvis,json=FILE,images=FOLDER[,base_only=true]
+    # [,novel=cat;dog][,split=FILE]". novel=/split= give a COCO-format file's novel classes (all
+    # others are base); an LVIS-format file's categories carry their own split. Relative paths
+    # that do not exist are taken under $DETECTRON2_DATASETS. The tools' --register-dataset SPEC
+    # flag appends to this list. Use the names in DATASETS.TRAIN / DATASETS.TEST and in
+    # MODEL.OVD.TRAIN_VOCABULARY "dataset:NAME".
+    _C.MODEL.OVD.CUSTOM_DATASETS = []

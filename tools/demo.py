@@ -23,6 +23,11 @@ from detectron2.utils.visualizer import Visualizer
 from tqdm import tqdm
 
 import ovdet_plugin
+from ovdet_plugin.data.datasets import (
+    add_dataset_arguments,
+    merge_dataset_arguments,
+    register_datasets_from_config,
+)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
@@ -56,6 +61,7 @@ def parse_args(argv=None):
     p.add_argument("--confidence-threshold", type=float, default=0.3)
     p.add_argument("--top-k", type=int, default=0, help="draw at most this many (0: all)")
     p.add_argument("--scale", type=float, default=1.0, help="picture size / image size")
+    add_dataset_arguments(p)  # the config's training vocabulary may be "dataset:NAME"
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     return p.parse_args(argv)
 
@@ -63,9 +69,12 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     logger = setup_logger(name="ovdet_plugin")
-    cfg = ovdet_plugin.get_ovdet_cfg(args.config_file, args.opts)
-    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = args.confidence_threshold
+    cfg = merge_dataset_arguments(ovdet_plugin.get_ovdet_cfg(args.config_file, args.opts), args)
+    # Keep every detection (up to TEST.DETECTIONS_PER_IMAGE); the threshold is applied below, so
+    # that the demo can say how many fell below it.
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
     cfg.freeze()
+    register_datasets_from_config(cfg)
     predictor = DefaultPredictor(cfg)
     spec = args.vocabulary or cfg.MODEL.OVD.TEST_VOCABULARY or cfg.MODEL.OVD.TRAIN_VOCABULARY
     vocabulary = ovdet_plugin.set_vocabulary(predictor.model, spec, cfg)
@@ -78,6 +87,17 @@ def main(argv=None):
     for path in tqdm(images, desc="demo", unit="img", disable=len(images) < 2):
         image = read_image(path, format="BGR")
         instances = predictor(image)["instances"].to("cpu")
+        below = instances[instances.scores < args.confidence_threshold]
+        instances = instances[instances.scores >= args.confidence_threshold]
+        if len(instances) == 0 and len(below):
+            logger.info(
+                "%s: no detection scored >= --confidence-threshold %g; %d fell below it "
+                "(highest score %.3f). Lower --confidence-threshold to draw them.",
+                path,
+                args.confidence_threshold,
+                len(below),
+                float(below.scores.max()),
+            )
         if args.top_k > 0:  # highest scores first
             instances = instances[instances.scores.argsort(descending=True)[: args.top_k]]
         visualizer = Visualizer(image[:, :, ::-1], metadata, scale=args.scale)

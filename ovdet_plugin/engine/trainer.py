@@ -22,6 +22,7 @@ from detectron2.solver.build import get_default_optimizer_params, maybe_add_grad
 from detectron2.utils import comm
 
 from ..config import get_ovdet_cfg
+from ..data.datasets.custom import merge_dataset_arguments, register_datasets_from_config
 from ..data.vild_embeddings import OVDDatasetMapper
 from ..evaluation import build_ov_evaluator
 from ..modeling.backbone.utils import get_vit_lr_decay_rate
@@ -111,11 +112,15 @@ class OVDTrainer(DefaultTrainer):
 
 
 def setup_ovdet_cfg(args):
-    """``get_cfg`` + ``add_ovdet_config`` + the config file + command-line overrides, then
-    Detectron2's ``default_setup`` (logging, output folder, seed). Returns the frozen config."""
-    cfg = get_ovdet_cfg(args.config_file, args.opts)
+    """``get_cfg`` + ``add_ovdet_config`` + the config file + command-line overrides (and the
+    ``--register-dataset`` specs, appended to ``MODEL.OVD.CUSTOM_DATASETS``), then Detectron2's
+    ``default_setup`` (logging, output folder, seed), then the registration of those datasets.
+    Every tool calls it inside each ``launch`` worker, so the registrations exist in every
+    process. Returns the frozen config."""
+    cfg = merge_dataset_arguments(get_ovdet_cfg(args.config_file, args.opts), args)
     cfg.freeze()
     default_setup(cfg, args)
+    register_datasets_from_config(cfg)
     return cfg
 
 

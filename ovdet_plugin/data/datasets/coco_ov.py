@@ -27,7 +27,13 @@ from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
 
 from ...utils.atomic_io import atomic_write_path
 from ...vocabulary import BASE, coco_vocabulary
-from .common import datasets_root, ov_metadata, register_or_replace, require_file
+from .common import (
+    datasets_root,
+    map_and_filter_annotations,
+    ov_metadata,
+    register_or_replace,
+    require_file,
+)
 
 __all__ = [
     "OV_COCO_SPLITS",
@@ -81,20 +87,10 @@ def load_ov_coco_json(json_file: str, image_root: str, base_only: bool) -> List[
     )
     require_file(json_file, "COCO annotation file", README_SECTION, hint)
     require_file(image_root, "COCO image folder", README_SECTION)
-    meta = ov_coco_metadata()
-    id_map = meta["thing_dataset_id_to_contiguous_id"]
-    keep = {d for d, i in id_map.items() if not base_only or meta["thing_class_splits"][i] == BASE}
     # dataset_name=None: load_coco_json leaves the raw COCO category ids; we map them here.
     dicts = load_coco_json(json_file, image_root, dataset_name=None)
-    out, removed = [], 0
-    for record in dicts:
-        anns = [a for a in record["annotations"] if a["category_id"] in keep]
-        removed += len(record["annotations"]) - len(anns)
-        for a in anns:
-            a["category_id"] = id_map[a["category_id"]]
-        record["annotations"] = anns
-        if anns or not base_only:
-            out.append(record)
+    result = map_and_filter_annotations(dicts, ov_coco_metadata(), base_only, drop_empty=base_only)
+    out, removed = result["dicts"], result["removed"]
     logger.info(
         f"OV-COCO: {len(out)} of {len(dicts)} images from {json_file}; removed {removed} "
         f"annotations of classes outside the {'48 base' if base_only else '65'} classes"

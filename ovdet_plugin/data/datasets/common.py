@@ -6,7 +6,7 @@ from typing import Dict, List, Optional, Sequence
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from ...vocabulary import Vocabulary
+from ...vocabulary import BASE, Vocabulary
 
 __all__ = [
     "datasets_root",
@@ -14,6 +14,7 @@ __all__ = [
     "ov_metadata",
     "get_dataset_vocabulary",
     "register_or_replace",
+    "map_and_filter_annotations",
 ]
 
 logger = logging.getLogger(__name__)
@@ -121,3 +122,25 @@ def class_image_count(
             if c in counts:
                 counts[c] += 1
     return [{"id": d, "image_count": n} for d, n in counts.items()]
+
+
+def map_and_filter_annotations(
+    dicts: List[Dict], meta: Dict, base_only: bool, drop_empty: bool
+) -> Dict[str, object]:
+    """Map raw category ids of COCO dataset dicts (from ``load_coco_json(dataset_name=None)``)
+    to contiguous ids in place, dropping annotations of classes outside the metadata and, with
+    ``base_only``, of non-base classes; with ``drop_empty`` images left without annotations are
+    dropped. Returns ``{"dicts": kept records, "removed": number of dropped annotations}``."""
+    id_map = meta["thing_dataset_id_to_contiguous_id"]
+    splits = meta["thing_class_splits"]
+    keep = {d for d, i in id_map.items() if not base_only or splits[i] == BASE}
+    out, removed = [], 0
+    for record in dicts:
+        anns = [a for a in record["annotations"] if a["category_id"] in keep]
+        removed += len(record["annotations"]) - len(anns)
+        for a in anns:
+            a["category_id"] = id_map[a["category_id"]]
+        record["annotations"] = anns
+        if anns or not drop_empty:
+            out.append(record)
+    return {"dicts": out, "removed": removed}
