@@ -20,6 +20,7 @@ from detectron2.data import build_detection_train_loader
 from detectron2.engine import DefaultTrainer, default_setup, launch
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from ..config import get_ovdet_cfg
 from ..data.datasets.custom import merge_dataset_arguments, register_datasets_from_config
@@ -120,6 +121,9 @@ def setup_ovdet_cfg(args):
     cfg = merge_dataset_arguments(get_ovdet_cfg(args.config_file, args.opts), args)
     cfg.freeze()
     default_setup(cfg, args)
+    # the plugin's own INFO lines (CLIP weights loaded, datasets registered) on the console and
+    # in OUTPUT_DIR/log.txt, like Detectron2's (default_setup sets up "detectron2" and "fvcore")
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="ovdet_plugin")
     register_datasets_from_config(cfg)
     return cfg
 

@@ -8,6 +8,7 @@ import torch
 from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 from torch.utils.data import DataLoader
 
 from ..config import add_ovdet_config
@@ -69,6 +70,7 @@ def setup_cfg(args):
         cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
     default_setup(cfg, args)
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="ovdet_plugin")
     register_datasets_from_config(cfg)  # in every launch worker
     return cfg
 
