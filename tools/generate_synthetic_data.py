@@ -44,8 +44,8 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--coco-format",
         action="store_true",
-        help="also write OUT/coco/{train,val}.json and OUT/coco/novel.txt (plain COCO format and "
-        "a split file: the README's 'Train on your own data' walkthrough on generated data)",
+        help="also write OUT/annotations/{train,val}.json and OUT/annotations/novel.txt (plain "
+        "COCO format and a split file: the README's 'Train on your own data' walkthrough)",
     )
     args = parser.parse_args(argv)
 

@@ -2,11 +2,11 @@
 walkthrough "Train on your own data" expects, so that it can be tried (and is tested) without
 your own data.
 
-``export_coco_format(dataset_dir)`` writes ``<dataset_dir>/coco/{train,val}.json`` (COCO
-instances files: ``iscrowd`` set, LVIS-only fields dropped, images' ``file_name`` relative to
-``dataset_dir``) and ``<dataset_dir>/coco/novel.txt`` (the rare kinds, one per line). The train
-file keeps every annotation of ``train_all.json``, as a user's own file would; the novel classes
-are removed at load time by ``base_only=true``.
+``export_coco_format(dataset_dir)`` writes ``<dataset_dir>/annotations/{train,val}.json``
+(COCO instances files: ``iscrowd`` set, LVIS-only fields dropped, images' ``file_name`` relative
+to ``dataset_dir``) and ``<dataset_dir>/annotations/novel.txt`` (the rare kinds, one per line).
+The train file keeps every annotation of ``train_all.json``, as a user's own file would; the
+novel classes are removed at load time by ``base_only=true``.
 """
 
 import json
@@ -45,7 +45,7 @@ def _to_coco(data: Dict) -> Dict:
 def export_coco_format(dataset_dir: str) -> Dict[str, str]:
     """Write the COCO-format files (see the module docstring); returns their paths as
     ``{"train": ..., "val": ..., "novel": ...}``."""
-    out_dir = os.path.join(dataset_dir, "coco")
+    out_dir = os.path.join(dataset_dir, "annotations")
     os.makedirs(out_dir, exist_ok=True)
     paths = {}
     for split, source in (("train", "train_all.json"), ("val", "val.json")):
