@@ -154,3 +154,36 @@ def test_specs_from_config_and_flag_register_both_formats(coco_files):
     lvis_splits = MetadataCatalog.get("spec_lvis").thing_class_splits
     assert coco_splits == lvis_splits  # novel.txt holds the LVIS file's rare kinds
     assert len(DatasetCatalog.get("spec_coco")) == len(DatasetCatalog.get("spec_lvis")) == 4
+
+
+def test_zero_shot_crops_on_any_registered_dataset(tmp_path):
+    """The zero-shot check reads registered datasets: on the generated val registered as LVIS
+    format it reproduces the generated-layout figures exactly; as COCO format with the rare kinds
+    as novel, it groups by novel/base with the same crops."""
+    from ovdet_plugin.clip import build_clip_model, get_clip_tokenizer
+    from ovdet_plugin.data.datasets import register_dataset_spec
+    from ovdet_plugin.engine.synthetic_benchmark import CLIP_MODEL_NAME, SHIPPED_CLIP
+    from ovdet_plugin.evaluation.zero_shot_crops import (
+        load_crops,
+        load_dataset_crops,
+        zero_shot_accuracy,
+    )
+
+    root = str(tmp_path / "zs")
+    generate_synthetic_dataset(root, num_train=4, num_val=12, num_pretrain=0, progress=False)
+    paths = export_coco_format(root)
+    register_dataset_spec(f"name=zs_lvis,format=lvis,json={root}/val.json,images={root}")
+    register_dataset_spec(
+        f"name=zs_coco,format=coco,json={paths['val']},images={root},split={paths['novel']}"
+    )
+    model = build_clip_model(CLIP_MODEL_NAME, SHIPPED_CLIP)  # pretrained: not all guesses equal
+    tokenizer = get_clip_tokenizer(CLIP_MODEL_NAME)
+    layout = zero_shot_accuracy(model, tokenizer, load_crops(root, 64), prompts="single")
+    lvis = load_dataset_crops("zs_lvis", 64, min_size=0)
+    assert lvis["groups"] == ("r", "c", "f")
+    assert zero_shot_accuracy(model, tokenizer, lvis, prompts="single") == layout
+    coco = zero_shot_accuracy(
+        model, tokenizer, load_dataset_crops("zs_coco", 64, min_size=0), prompts="single"
+    )
+    assert coco["n_novel"] == layout["n_r"] and coco["n_base"] == layout["n_c"] + layout["n_f"]
+    assert coco["novel"] == layout["r"] and coco["all"] == layout["all"]
