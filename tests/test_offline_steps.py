@@ -147,3 +147,45 @@ def test_dump_text_embeddings_resumes_from_written_chunks(tmp_path):
     emb = torch.load(out, weights_only=True)["embeddings"]
     assert torch.equal(emb[:2], marked)  # reused, not recomputed
     assert emb[2].abs().sum() > 0 and torch.allclose(emb[2].norm(), torch.tensor(1.0))  # redone
+
+
+def test_parts_resume_across_process_counts_and_skipped_images_train_without_distillation(
+    tmp_path,
+):
+    """Part indexes of a killed 2-process run count as done for a 1-process resume; an image the
+    tool skipped reaches training without distillation RoIs instead of failing the loader."""
+    import cv2
+    from detectron2.data import transforms as T
+
+    from ovdet_plugin.data.vild_embeddings import (
+        OVDDatasetMapper,
+        ViLDEmbeddingWriter,
+        merge_index_parts,
+    )
+
+    out = str(tmp_path / "emb")
+    for rank, image_id in ((0, 1), (1, 2)):  # two processes, killed before the merge
+        w = ViLDEmbeddingWriter(out, embed_dim=4, part=f"rank{rank}")
+        w.add(image_id, torch.tensor([[0.0, 0, 10, 10]]), torch.eye(4)[:1])
+        w.flush()
+    w = ViLDEmbeddingWriter(out, embed_dim=4, part="rank0")  # resumed with one process
+    assert w.done_ids() == {"1", "2"}
+    w.add_failure(3, "ValueError: no proposals")
+    w.flush()
+    merged = merge_index_parts(out)
+    assert sorted(os.listdir(out)) == ["index.json", "shard-rank0-00000.pt", "shard-rank1-00000.pt"]
+    assert merged["failed"] == {"3": "ValueError: no proposals"}
+    store = ViLDEmbeddingStore(out)
+    assert len(store) == 2 and store.skip_reason(3) == "ValueError: no proposals"
+    cv2.imwrite(str(tmp_path / "img.png"), np.zeros((20, 20, 3), dtype=np.uint8))
+    anno = {"bbox": [1, 1, 5, 5], "bbox_mode": BoxMode.XYWH_ABS, "category_id": 0}
+    mapper = OVDDatasetMapper(
+        is_train=True, augmentations=[T.NoOpTransform()], image_format="BGR", vild_store=store
+    )
+
+    def record(image_id):
+        return {"file_name": str(tmp_path / "img.png"), "height": 20, "width": 20,
+                "image_id": image_id, "annotations": [dict(anno)]}  # fmt: skip
+
+    assert "vild_proposals" not in mapper(record(3))
+    assert len(mapper(record(1))["vild_proposals"]) == 1

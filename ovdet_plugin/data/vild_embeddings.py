@@ -23,7 +23,9 @@ merge, or resumed with another number of processes, loses nothing. An index may 
   train at 1024 with [0.1, 2.0], METHODS 1.8, 2.6), with Detectron2's ``ResizeScale`` and
   ``FixedSizeCrop``;
 - the image's ViLD proposals, moved by the same augmentation as the image and clipped, as
-  ``dataset_dict["vild_proposals"]`` (``Instances`` with ``proposal_boxes`` and ``clip_embeds``).
+  ``dataset_dict["vild_proposals"]`` (``Instances`` with ``proposal_boxes`` and ``clip_embeds``);
+  an image the tool skipped (recorded in the index, e.g. no proposals) gets none, so it trains
+  with the ViLD-text loss only.
 """
 
 import json
@@ -128,6 +130,11 @@ class ViLDEmbeddingStore:
         }
         self._open: "OrderedDict[str, dict]" = OrderedDict()
         self._max_open = max_open_shards
+
+    def skip_reason(self, image_id) -> Optional[str]:
+        """Why the precompute tool skipped ``image_id`` (e.g. "ValueError: no proposals"), or
+        None if it was not skipped."""
+        return self._failed.get(str(image_id))
 
     def __contains__(self, image_id) -> bool:
         return str(image_id) in self._shard_of
@@ -276,6 +283,8 @@ class OVDDatasetMapper(DatasetMapper):
         super()._transform_annotations(dataset_dict, transforms, image_shape)
         if self.vild_store is None:
             return
+        if self.vild_store.skip_reason(dataset_dict["image_id"]) is not None:
+            return  # no distillation RoIs for this image (the heads train it on the text loss)
         boxes, embeds = self.vild_store.get(dataset_dict["image_id"])
         boxes, embeds = boxes[: self.max_vild_proposals], embeds[: self.max_vild_proposals]
         moved = Boxes(torch.as_tensor(transforms.apply_box(boxes), dtype=torch.float32))
