@@ -187,3 +187,22 @@ def test_zero_shot_crops_on_any_registered_dataset(tmp_path):
     )
     assert coco["n_novel"] == layout["n_r"] and coco["n_base"] == layout["n_c"] + layout["n_f"]
     assert coco["novel"] == layout["r"] and coco["all"] == layout["all"]
+
+
+def test_setup_ovdet_cfg_registers_the_flag_specs(coco_files, tmp_path):
+    """What every launch worker runs first: the --register-dataset specs land in the config (so
+    they are in OUTPUT_DIR/config.yaml) and are registered."""
+    from detectron2.engine import default_argument_parser
+
+    from ovdet_plugin.engine import setup_ovdet_cfg
+
+    root, paths = coco_files
+    spec = f"name=worker_val,format=coco,json={paths['val']},images={root},novel=star"
+    parser = add_dataset_arguments(default_argument_parser())
+    args = parser.parse_args(["--register-dataset", spec, "OUTPUT_DIR", str(tmp_path)])
+    if "worker_val" in DatasetCatalog.list():
+        DatasetCatalog.remove("worker_val")
+    cfg = setup_ovdet_cfg(args)
+    assert list(cfg.MODEL.OVD.CUSTOM_DATASETS) == [spec]
+    assert "worker_val" in DatasetCatalog.list()
+    assert spec in open(tmp_path / "config.yaml").read()
