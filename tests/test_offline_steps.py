@@ -4,6 +4,7 @@ resume, and the precompute skips (and reports) failing images without losing fin
 
 import importlib.util
 import json
+import logging
 import os
 import pickle
 import subprocess
@@ -60,17 +61,18 @@ def _precompute_inputs(tmp_path):
     return images, args
 
 
-def test_precompute_on_two_processes_equals_one_and_skips_failing_images(tmp_path):
+def test_precompute_on_two_processes_equals_one_and_skips_failing_images(
+    tmp_path, one_torch_thread
+):
     images, args = _precompute_inputs(tmp_path)
     one, two = tmp_path / "one", tmp_path / "two"
-    r1 = _run("precompute_vild_embeddings.py", *args, "--output", str(one))
-    assert r1.returncode == 0, r1.stderr[-3000:]
+    tool = _load_tool("precompute_vild_embeddings.py")
+    log1 = _in_process(tool, args + ["--output", str(one)])  # one process: launch calls main
     r2 = _run(
         "precompute_vild_embeddings.py", *args, "--output", str(two), "--num-gpus", "2"
     )  # the dataset spec is registered inside each launch worker
     assert r2.returncode == 0, r2.stderr[-3000:]
-    for result in (r1, r2):
-        log = result.stdout + result.stderr
+    for log in (log1, r2.stdout + r2.stderr):
         assert "Skipped 2 images" in log, log[-3000:]
         assert os.path.basename(images[0]["file_name"]) in log  # names in the summary
         assert os.path.basename(images[1]["file_name"]) in log
@@ -94,32 +96,46 @@ def test_precompute_on_two_processes_equals_one_and_skips_failing_images(tmp_pat
     except KeyError as e:
         assert "skipped it (ValueError: no proposals)" in str(e)
     # resume: only the two failed images are tried again; nothing finished is redone
-    again = _run("precompute_vild_embeddings.py", *args, "--output", str(two))
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert "2 of 5 images left to encode" in again.stdout
+    again = _in_process(tool, args + ["--output", str(two)])
+    assert "2 of 5 images left to encode" in again
     assert sorted(n for n in os.listdir(two) if n.startswith("shard-")) == shards
 
 
-def _load_dump_tool():
-    path = os.path.join(REPO_ROOT, "tools", "dump_text_embeddings.py")
-    spec = importlib.util.spec_from_file_location("dump_text_embeddings_tool", path)
+def _load_tool(name):
+    path = os.path.join(REPO_ROOT, "tools", name)
+    spec = importlib.util.spec_from_file_location(name[:-3] + "_tool", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def test_dump_text_embeddings_on_two_processes_equals_one(tmp_path):
+def _in_process(tool, argv) -> str:
+    """Run a tool's ``main`` in this process (what ``launch`` does for one process); returns
+    the messages of the plugin's logger."""
+    messages = []
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = lambda record: messages.append(record.getMessage())
+    plugin = logging.getLogger("ovdet_plugin")
+    plugin.addHandler(handler)
+    try:
+        tool.main(tool.parse_args(argv))
+    finally:
+        plugin.removeHandler(handler)
+    return "\n".join(messages)
+
+
+def test_dump_text_embeddings_on_two_processes_equals_one(tmp_path, one_torch_thread):
     common = [
         "--vocabulary", "cat, remote control, sofa, hot dog, lamp", "--model", "ovdet-tiny-vit",
         "--prompts", "clip", "--chunk-size", "2", "--cache-dir", "",
     ]  # fmt: skip
-    r1 = _run("dump_text_embeddings.py", *common, "--output", str(tmp_path / "one.pt"))
-    assert r1.returncode == 0, r1.stderr[-3000:]
+    tool = _load_tool("dump_text_embeddings.py")
+    log1 = _in_process(tool, common + ["--output", str(tmp_path / "one.pt")])
     r2 = _run(
         "dump_text_embeddings.py", *common, "--output", str(tmp_path / "two.pt"), "--num-gpus", "2"
     )
     assert r2.returncode == 0, r2.stderr[-3000:]
-    assert "5 classes in 3 chunks" in r1.stdout
+    assert "5 classes in 3 chunks" in log1
     one = torch.load(tmp_path / "one.pt", weights_only=True)
     two = torch.load(tmp_path / "two.pt", weights_only=True)
     assert one["names"] == two["names"] and one["embeddings"].shape == (5, 64)
@@ -128,7 +144,7 @@ def test_dump_text_embeddings_on_two_processes_equals_one(tmp_path):
 
 
 def test_dump_text_embeddings_resumes_from_written_chunks(tmp_path):
-    tool = _load_dump_tool()
+    tool = _load_tool("dump_text_embeddings.py")
     out = str(tmp_path / "vocab.pt")
     argv = ["--vocabulary", "cat, sofa, lamp", "--model", "ovdet-tiny-vit", "--prompts", "single"]
     args = tool.parse_args(argv + ["--chunk-size", "2", "--cache-dir", "", "--output", out])
