@@ -166,9 +166,10 @@ def test_one_honest_line_per_loaded_checkpoint(tmp_path):
     root, ours = logging.getLogger(), logging.getLogger("ovdet_plugin.clip.loading")
     handler = _capture(root, ours)
     level = ours.level
-    ours.setLevel(logging.INFO)
+    ours.setLevel(logging.DEBUG)
     try:
         build_clip_model("ovdet-tiny-vit", str(path))
+        build_clip_model("ovdet-tiny-vit", str(path))  # e.g. the backbone, then the scorer
         loaded = list(handler.messages)
         handler.messages.clear()
         build_clip_model("ovdet-tiny-vit")
@@ -179,8 +180,11 @@ def test_one_honest_line_per_loaded_checkpoint(tmp_path):
         ours.setLevel(level)
     assert not [m for m in loaded if "initialized randomly" in m], loaded
     expected = f"from {path} (SHA-256 {file_sha256(str(path))[:12]})"
-    assert [m for m in loaded if "Loaded CLIP weights" in m] == [
-        f"Loaded CLIP weights for ovdet-tiny-vit {expected}"
+    line = f"Loaded CLIP weights for ovdet-tiny-vit {expected}"
+    assert [m for m in loaded if "Loaded CLIP weights" in m] == [line, line]
+    assert [r.levelno for r in handler._records if r.getMessage() == line] == [
+        logging.INFO,
+        logging.DEBUG,  # once at INFO per process, then DEBUG
     ]
     assert not [m for m in random_init if "initialized randomly" in m]
     assert [m for m in random_init if "random weights" in m] == [

@@ -147,6 +147,16 @@ def _key_differences(model: nn.Module, path: str) -> Tuple[List[str], List[str]]
     return sorted(expected - keys), sorted(keys - expected)
 
 
+_LOGGED = set()
+
+
+def _log_once(level: int, message: str) -> None:
+    """Log ``message`` the first time in this process, at DEBUG afterwards: a detector builds the
+    same CLIP tower up to three times (backbone, region scorer, text classifier)."""
+    logger.log(level if message not in _LOGGED else logging.DEBUG, message)
+    _LOGGED.add(message)
+
+
 class _DropRandomInitWarning(logging.Filter):
     """Drops open_clip's "No pretrained weights loaded ... Model initialized randomly" warning."""
 
@@ -189,17 +199,19 @@ def build_clip_model(
     if not pretrained:
         with _without_random_init_warning():
             model = open_clip.create_model(model_name, pretrained=None, device=device)
-        logger.warning(
+        _log_once(
+            logging.WARNING,
             f"CLIP {model_name}: random weights (no pretrained weights given; set "
-            "MODEL.OVD.CLIP.PRETRAINED to a checkpoint file or an open_clip tag for real ones)"
+            "MODEL.OVD.CLIP.PRETRAINED to a checkpoint file or an open_clip tag for real ones)",
         )
     elif _looks_like_path(pretrained):
         with _without_random_init_warning():  # the weights are loaded right below
             model = open_clip.create_model(model_name, pretrained=None, device=device)
         load_clip_checkpoint(model, pretrained, model_name)
-        logger.info(
+        _log_once(
+            logging.INFO,
             f"Loaded CLIP weights for {model_name} from {os.path.abspath(pretrained)} "
-            f"(SHA-256 {cached_file_sha256(pretrained)[:12]})"
+            f"(SHA-256 {cached_file_sha256(pretrained)[:12]})",
         )
     else:
         tags = open_clip.list_pretrained_tags_by_model(model_name)
@@ -218,8 +230,9 @@ def build_clip_model(
                 "checkpoint on another machine and pass its local path as "
                 "MODEL.OVD.CLIP.PRETRAINED."
             ) from e
-        logger.info(
-            f"Loaded CLIP weights for {model_name}: open_clip pretrained tag {pretrained!r}"
+        _log_once(
+            logging.INFO,
+            f"Loaded CLIP weights for {model_name}: open_clip pretrained tag {pretrained!r}",
         )
     model.eval()
     model.ovdet_model_name = model_name
