@@ -27,6 +27,7 @@ def add_ovdet_config(cfg: CN) -> CN:
     _add_pretraining_config(cfg)
     _add_proposal_config(cfg)
     _add_checkpoint_config(cfg)
+    _add_datasets_config(cfg)
     return cfg
 
 
@@ -398,3 +399,16 @@ def _add_checkpoint_config(cfg: CN) -> None:
     # Keep only the newest N periodic checkpoints (model_XXXXXXX.pth) in OUTPUT_DIR; older ones
     # are deleted after each save. model_final.pth is always kept. 0 keeps every checkpoint.
     _C.MODEL.OVD.CHECKPOINT.MAX_TO_KEEP = 3
+
+
+def _add_datasets_config(cfg: CN) -> None:
+    """Your own datasets, registered by every tool (in every ``launch`` worker) without Python."""
+    _C = cfg
+    # Datasets to register before anything else, one spec string each (README "Train on your own
+    # data"): "name=NAME,format=coco|lvis,json=FILE,images=FOLDER[,base_only=true]
+    # [,novel=cat;dog][,split=FILE]". novel=/split= give a COCO-format file's novel classes (all
+    # others are base); an LVIS-format file's categories carry their own split. Relative paths
+    # that do not exist are taken under $DETECTRON2_DATASETS. The tools' --register-dataset SPEC
+    # flag appends to this list. Use the names in DATASETS.TRAIN / DATASETS.TEST and in
+    # MODEL.OVD.TRAIN_VOCABULARY "dataset:NAME".
+    _C.MODEL.OVD.CUSTOM_DATASETS = []

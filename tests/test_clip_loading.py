@@ -2,6 +2,8 @@
 TorchScript archives), and the errors for unknown names, missing files, unreachable hubs and
 checkpoints that do not fit the architecture."""
 
+import logging
+
 import pytest
 import torch
 
@@ -130,3 +132,62 @@ def test_clip_image_size_reads_int_and_pair(tiny_clip):
     tower = nn.Module()
     tower.image_size = (96, 128)
     assert clip_image_size(tower) == (96, 128)
+
+
+class _Records(logging.Handler):
+    """Messages of the records it sees, each record once (it may sit on a logger and on one of
+    that logger's ancestors)."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.messages, self._records = [], []
+
+    def emit(self, record):
+        if not any(r is record for r in self._records):
+            self._records.append(record)
+            self.messages.append(record.getMessage())
+
+
+def _capture(*loggers):
+    handler = _Records()
+    for lg in loggers:
+        lg.addHandler(handler)
+    return handler
+
+
+def test_one_honest_line_per_loaded_checkpoint(tmp_path):
+    """A checkpoint load says which file (and its SHA-256 prefix) and never "initialized
+    randomly"; random weights say so once, in the plugin's words."""
+    from ovdet_plugin.utils.hashing import file_sha256
+
+    torch.manual_seed(0)
+    path = tmp_path / "tiny.pt"
+    torch.save(build_clip_model("ovdet-tiny-vit").state_dict(), path)
+    root, ours = logging.getLogger(), logging.getLogger("ovdet_plugin.clip.loading")
+    handler = _capture(root, ours)
+    level = ours.level
+    ours.setLevel(logging.DEBUG)
+    try:
+        build_clip_model("ovdet-tiny-vit", str(path))
+        build_clip_model("ovdet-tiny-vit", str(path))  # e.g. the backbone, then the scorer
+        loaded = list(handler.messages)
+        handler.messages.clear()
+        build_clip_model("ovdet-tiny-vit")
+        random_init = list(handler.messages)
+    finally:
+        root.removeHandler(handler)
+        ours.removeHandler(handler)
+        ours.setLevel(level)
+    assert not [m for m in loaded if "initialized randomly" in m], loaded
+    expected = f"from {path} (SHA-256 {file_sha256(str(path))[:12]})"
+    line = f"Loaded CLIP weights for ovdet-tiny-vit {expected}"
+    assert [m for m in loaded if "Loaded CLIP weights" in m] == [line, line]
+    assert [r.levelno for r in handler._records if r.getMessage() == line] == [
+        logging.INFO,
+        logging.DEBUG,  # once at INFO per process, then DEBUG
+    ]
+    assert not [m for m in random_init if "initialized randomly" in m]
+    assert [m for m in random_init if "random weights" in m] == [
+        "CLIP ovdet-tiny-vit: random weights (no pretrained weights given; set "
+        "MODEL.OVD.CLIP.PRETRAINED to a checkpoint file or an open_clip tag for real ones)"
+    ]

@@ -32,6 +32,11 @@ from detectron2.utils.visualizer import Visualizer
 from tqdm import tqdm
 
 import ovdet_plugin
+from ovdet_plugin.data.datasets import (
+    add_dataset_arguments,
+    merge_dataset_arguments,
+    register_datasets_from_config,
+)
 from ovdet_plugin.engine.checks import check_device, check_writable_dir
 from ovdet_plugin.vocabulary import load_vocabulary
 
@@ -98,6 +103,7 @@ def parse_args(argv=None):
         action="store_true",
         help="allow running without MODEL.WEIGHTS (an untrained detector: tests only)",
     )
+    add_dataset_arguments(p)  # the config's training vocabulary may be "dataset:NAME"
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     args = p.parse_args(argv)
     # "--input a.jpg MODEL.WEIGHTS w.pth": argparse gives the overrides to --input
@@ -114,8 +120,10 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     logger = setup_logger(name="ovdet_plugin")
-    cfg = ovdet_plugin.get_ovdet_cfg(args.config_file, args.opts)
-    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = args.confidence_threshold
+    cfg = merge_dataset_arguments(ovdet_plugin.get_ovdet_cfg(args.config_file, args.opts), args)
+    # Keep every detection (up to TEST.DETECTIONS_PER_IMAGE); the threshold is applied below, so
+    # that the demo can say how many fell below it.
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
     # checks before the model is built
     images = list_images(args.input)
     if not cfg.MODEL.WEIGHTS and not args.random_weights:
@@ -126,6 +134,7 @@ def main(argv=None):
         )
     check_device(cfg.MODEL.DEVICE)
     check_writable_dir(args.output, "--output")
+    register_datasets_from_config(cfg)  # the vocabulary may be "dataset:NAME"
     spec = args.vocabulary or cfg.MODEL.OVD.TEST_VOCABULARY or cfg.MODEL.OVD.TRAIN_VOCABULARY
     config_spec = cfg.MODEL.OVD.TEST_VOCABULARY or cfg.MODEL.OVD.TRAIN_VOCABULARY
     if args.vocabulary and cfg.MODEL.OVD.TEXT.EMBEDDINGS_FILE:
@@ -155,6 +164,17 @@ def main(argv=None):
             failed.append(path)
             continue
         instances = predictor(image)["instances"].to("cpu")
+        below = instances[instances.scores < args.confidence_threshold]
+        instances = instances[instances.scores >= args.confidence_threshold]
+        if len(instances) == 0 and len(below):
+            logger.info(
+                "%s: no detection scored >= --confidence-threshold %g; %d fell below it "
+                "(highest score %.3f). Lower --confidence-threshold to draw them.",
+                path,
+                args.confidence_threshold,
+                len(below),
+                float(below.scores.max()),
+            )
         if args.top_k > 0:  # highest scores first
             instances = instances[instances.scores.argsort(descending=True)[: args.top_k]]
         visualizer = Visualizer(image[:, :, ::-1], metadata, scale=args.scale)

@@ -22,6 +22,7 @@ from detectron2.utils.logger import setup_logger
 from ovdet_plugin.clip import build_clip_model, get_clip_tokenizer
 from ovdet_plugin.clip.prompts import build_prompts, normalize_class_name, prompt_set_names
 from ovdet_plugin.clip.text_embeddings import get_text_embeddings
+from ovdet_plugin.data.datasets import add_dataset_arguments, register_dataset_spec
 from ovdet_plugin.vocabulary import load_vocabulary
 
 DEFAULT_VOCABULARY = (
@@ -33,7 +34,11 @@ DEFAULT_QUERIES = "a remote, a tv set, the teddy, pizza slice, fire truck"
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--vocabulary", default=DEFAULT_VOCABULARY, help="lvis | coco | file | 'a, b'")
+    p.add_argument(
+        "--vocabulary",
+        default=DEFAULT_VOCABULARY,
+        help="lvis | coco | dataset:NAME | file | 'a, b'",
+    )
     p.add_argument("--queries", default=DEFAULT_QUERIES, help="comma-separated free-text queries")
     p.add_argument("--model", default="ovdet-tiny-vit", help="open_clip architecture name")
     p.add_argument("--pretrained", default="", help="pretrained tag or local checkpoint file")
@@ -41,6 +46,7 @@ def parse_args(argv=None):
     p.add_argument("--topk", type=int, default=3)
     p.add_argument("--seed", type=int, default=0, help="seed for a randomly initialised model")
     p.add_argument("--cache-dir", default=None, help="cache folder ('' disables the cache)")
+    add_dataset_arguments(p)  # for --vocabulary dataset:NAME with your own dataset
     return p.parse_args(argv)
 
 
@@ -48,6 +54,8 @@ def main(argv=None):
     args = parse_args(argv)
     setup_logger(name="ovdet_plugin")
     torch.manual_seed(args.seed)
+    for spec in args.register_dataset:
+        register_dataset_spec(spec)
     vocabulary = load_vocabulary(args.vocabulary)
     model = build_clip_model(args.model, args.pretrained)
     tokenizer = get_clip_tokenizer(args.model)

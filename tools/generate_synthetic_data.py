@@ -7,6 +7,7 @@ Example::
     python tools/generate_synthetic_data.py --out datasets/ovdet_synthetic --seed 0
     python tools/generate_synthetic_data.py --out /tmp/tiny --num-train 100 --num-val 20 \
         --num-pretrain 200
+    python tools/generate_synthetic_data.py --out /tmp/mine --coco-format   # + COCO-format files
 """
 
 import argparse
@@ -16,6 +17,7 @@ import os
 import sys
 
 from ovdet_plugin.data.synthetic import SyntheticConfig, generate_synthetic_dataset
+from ovdet_plugin.data.synthetic.coco_export import export_coco_format
 
 
 def main(argv=None) -> int:
@@ -39,6 +41,12 @@ def main(argv=None) -> int:
         "--overwrite", action="store_true", help="replace a dataset made with another config"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--coco-format",
+        action="store_true",
+        help="also write OUT/annotations/{train,val}.json and OUT/annotations/novel.txt (plain "
+        "COCO format and a split file: the README's 'Train on your own data' walkthrough)",
+    )
     args = parser.parse_args(argv)
 
     config = dataclasses.replace(
@@ -60,6 +68,8 @@ def main(argv=None) -> int:
     except (FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.coco_format:
+        meta["counts"]["coco_format"] = export_coco_format(args.out)
     print(json.dumps({"out": os.path.abspath(args.out), **meta["counts"]}, indent=1))
     return 0
 

@@ -9,14 +9,24 @@ at 1x and 1.5x its size (``--scales``), resized to the CLIP tower's input size, 
 normalised; the scales are averaged and renormalised. Results go to --output as shards that a
 later run resumes from (images already indexed are skipped).
 
+Many processes: ``--num-gpus N`` (and ``--num-machines/--machine-rank/--dist-url``) runs the tool
+through Detectron2's ``launch``; process ``r`` of ``w`` takes images ``r, r + w, ...`` of the
+dataset and writes its own shards; the main process merges the indexes at the end. Without a GPU
+the processes run on the CPU (gloo). An image that fails (unreadable, no proposals, ...) is
+skipped, recorded in the index with its reason and reported at the end (count and names); what
+was encoded is always written. A re-run encodes only the images not yet done, failed ones
+included.
+
 Example::
 
     python tools/precompute_vild_embeddings.py --config-file configs/lvis/vild_R50_FPN.yaml \
         --dataset lvis_v1_train_ov --clip-model ViT-B-32 --clip-pretrained /path/ViT-B-32.pt \
-        --output datasets/vild_embeddings/lvis_v1_train_ov MODEL.WEIGHTS output/rpn/model_final.pth
+        --output datasets/vild_embeddings/lvis_v1_train_ov --num-gpus 8 \
+        MODEL.WEIGHTS output/rpn/model_final.pth
 """
 
 import argparse
+import os
 import time
 
 import torch
@@ -28,13 +38,24 @@ from detectron2.data import transforms as T
 from detectron2.data.build import load_proposals_into_dataset
 from detectron2.modeling import build_model
 from detectron2.structures import BoxMode
+from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from torchvision.ops import roi_align
 from tqdm import tqdm
 
 import ovdet_plugin
 from ovdet_plugin.clip import build_clip_model, clip_image_size
-from ovdet_plugin.data.vild_embeddings import ViLDEmbeddingWriter, iter_missing
+from ovdet_plugin.data.datasets import (
+    add_dataset_arguments,
+    merge_dataset_arguments,
+    register_datasets_from_config,
+)
+from ovdet_plugin.data.vild_embeddings import (
+    ViLDEmbeddingWriter,
+    iter_missing,
+    merge_index_parts,
+)
+from ovdet_plugin.engine import add_launch_arguments, launch_main
 from ovdet_plugin.pretraining.caption_data import CLIP_MEAN, CLIP_STD
 
 
@@ -103,22 +124,73 @@ def parse_args(argv=None):
     p.add_argument("--output", required=True)
     p.add_argument("--max-proposals", type=int, default=300)
     p.add_argument("--scales", default="1.0,1.5", help="crop scales averaged (ViLD: 1x, 1.5x)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed set before the CLIP model is built: without pretrained weights, every process "
+        "then has the same random model",
+    )
     p.add_argument("--shard-size", type=int, default=500)
     p.add_argument("--batch-size", type=int, default=64, help="crops per CLIP forward pass")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_launch_arguments(p)
+    add_dataset_arguments(p)
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
     return p.parse_args(argv)
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    logger = setup_logger(name="ovdet_plugin")
-    cfg = ovdet_plugin.get_ovdet_cfg(args.config_file, args.opts)
-    cfg.MODEL.DEVICE = args.device
+def _boxes(d, model, resize, cfg, device) -> torch.Tensor:
+    """The image's proposals (XYXY, original pixels): from the model's RPN or the dict."""
+    if model is not None:
+        model_input = utils.read_image(d["file_name"], format=cfg.INPUT.FORMAT)
+        with torch.no_grad():
+            return proposals_from_model(model, resize, model_input, device)
+    return torch.as_tensor(
+        BoxMode.convert(d["proposal_boxes"], d["proposal_bbox_mode"], BoxMode.XYXY_ABS),
+        dtype=torch.float32,
+        device=device,
+    ).reshape(-1, 4)
+
+
+def encode_share(args, cfg, dicts, writer, model, resize, clip_model, logger) -> list:
+    """Encode the images of ``dicts`` not yet in ``writer``; returns the failures as
+    ``[(file_name, reason)]``. Pending results are flushed even when the loop is interrupted."""
     scales = [float(s) for s in args.scales.split(",")]
+    failures = []
+    try:
+        for d in tqdm(dicts, desc="ViLD embeddings", unit="img", disable=comm.get_rank() > 0):
+            try:
+                boxes = _boxes(d, model, resize, cfg, args.device)[: args.max_proposals]
+                if len(boxes) == 0:
+                    raise ValueError("no proposals")
+                rgb = utils.read_image(d["file_name"], format="RGB")
+                image = torch.as_tensor(rgb.transpose(2, 0, 1).copy(), device=args.device)
+                embeds = crop_embeddings(
+                    clip_model, image.float() / 255, boxes, scales, args.batch_size
+                )
+            except Exception as e:  # one bad image must not cost the others' work
+                reason = f"{type(e).__name__}: {e}"
+                logger.warning("Skipping %s (image %s): %s", d["file_name"], d["image_id"], reason)
+                writer.add_failure(d["image_id"], reason)
+                failures.append((d["file_name"], reason))
+                continue
+            writer.add(d["image_id"], boxes, embeds)
+    finally:
+        writer.flush()
+    return failures
+
+
+def main(args):
+    """One process of ``launch``: encode this process's share of the dataset."""
+    rank, world = comm.get_rank(), comm.get_world_size()
+    logger = setup_logger(name="ovdet_plugin", distributed_rank=rank)
+    cfg = merge_dataset_arguments(ovdet_plugin.get_ovdet_cfg(args.config_file, args.opts), args)
+    cfg.MODEL.DEVICE = args.device
+    register_datasets_from_config(cfg)
 
     dicts = DatasetCatalog.get(args.dataset)
-    model = None
+    model = resize = None
     if args.proposals:
         load_proposals_into_dataset(dicts, args.proposals)
     else:
@@ -128,32 +200,44 @@ def main(argv=None):
         DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
         size = cfg.INPUT.MIN_SIZE_TEST
         resize = T.ResizeShortestEdge([size, size], cfg.INPUT.MAX_SIZE_TEST)
+    torch.manual_seed(args.seed)
     clip_model = build_clip_model(args.clip_model, args.clip_pretrained, device=args.device)
     dim = clip_model.text_projection.shape[1]
-    writer = ViLDEmbeddingWriter(args.output, embed_dim=dim, shard_size=args.shard_size)
-    todo = iter_missing(dicts, writer.done_ids())
-    logger.info("%d of %d images left to encode", len(todo), len(dicts))
+    writer = ViLDEmbeddingWriter(
+        args.output, embed_dim=dim, shard_size=args.shard_size, part=f"rank{rank}"
+    )
+    share = dicts[rank::world]  # the same images for a rank whatever has been done
+    todo = iter_missing(share, writer.done_ids())
+    logger.info(
+        "%d of %d images left to encode%s",
+        len(todo),
+        len(share),
+        f" (process {rank} of {world}; {len(dicts)} in all)" if world > 1 else "",
+    )
     start = time.perf_counter()
-    for d in tqdm(todo, desc="ViLD embeddings", unit="img"):
-        rgb = utils.read_image(d["file_name"], format="RGB")
-        image = torch.as_tensor(rgb.transpose(2, 0, 1).copy(), device=args.device).float() / 255
-        h, w = rgb.shape[:2]
-        if model is not None:
-            model_input = utils.read_image(d["file_name"], format=cfg.INPUT.FORMAT)
-            with torch.no_grad():
-                boxes = proposals_from_model(model, resize, model_input, args.device)
-        else:
-            boxes = torch.as_tensor(
-                BoxMode.convert(d["proposal_boxes"], d["proposal_bbox_mode"], BoxMode.XYXY_ABS),
-                dtype=torch.float32,
-                device=args.device,
+    failures = encode_share(args, cfg, todo, writer, model, resize, clip_model, logger)
+    all_failures = [f for part in comm.all_gather(failures) for f in part]
+    if comm.is_main_process():
+        merged = merge_index_parts(args.output)
+        n_done = sum(len(ids) for ids in merged["shards"].values())
+        logger.info(
+            "Done in %.1f s: %d of %d images encoded in %s",
+            time.perf_counter() - start,
+            n_done,
+            len(dicts),
+            args.output,
+        )
+        if all_failures:
+            names = ", ".join(os.path.basename(f) for f, _ in all_failures[:20])
+            logger.warning(
+                "Skipped %d images (a re-run retries them; reasons above and in %s): %s%s",
+                len(all_failures),
+                os.path.join(args.output, "index.json"),
+                names,
+                " ..." if len(all_failures) > 20 else "",
             )
-        boxes = boxes[: args.max_proposals]
-        embeds = crop_embeddings(clip_model, image, boxes, scales, args.batch_size)
-        writer.add(d["image_id"], boxes, embeds)
-    writer.flush()
-    logger.info("Done in %.1f s: %s", time.perf_counter() - start, args.output)
 
 
 if __name__ == "__main__":
-    main()
+    args = parse_args()
+    launch_main(main, args)

@@ -5,11 +5,16 @@ or many GPUs/machines through Detectron2's ``launch``.
     python tools/train_net.py --config-file configs/lvis/fvlm_RN50_FPN.yaml --num-gpus 8
     python tools/train_net.py --config-file configs/lvis/fvlm_RN50_FPN.yaml --eval-only \
         MODEL.WEIGHTS output/fvlm_RN50_FPN/model_final.pth MODEL.OVD.TEST_VOCABULARY lvis
+
+Your own data: --register-dataset "name=my_train,format=coco,json=...,images=...,novel=a;b"
+(repeatable; or MODEL.OVD.CUSTOM_DATASETS in the YAML, see configs/custom/), registered in every
+process.
 """
 
 from detectron2.engine import default_argument_parser
 
 import ovdet_plugin  # noqa: F401  (registers the plugin)
+from ovdet_plugin.data.datasets import add_dataset_arguments
 from ovdet_plugin.engine import OVDTrainer, launch_main, setup_ovdet_cfg
 from ovdet_plugin.utils.checkpoint import AtomicCheckpointer
 
@@ -37,5 +42,5 @@ def main(args):
 
 
 if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
+    args = add_dataset_arguments(default_argument_parser()).parse_args()
     launch_main(main, args)

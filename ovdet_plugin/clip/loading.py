@@ -6,6 +6,7 @@ checkpoint that does not fit the architecture) and support for OpenAI's TorchScr
 archives as local files.
 """
 
+import contextlib
 import difflib
 import hashlib
 import logging
@@ -16,6 +17,8 @@ from typing import Dict, Iterable, List, Optional, Tuple
 import open_clip
 import torch
 from torch import nn
+
+from ..utils.hashing import cached_file_sha256
 
 __all__ = [
     "build_clip_model",
@@ -144,6 +147,36 @@ def _key_differences(model: nn.Module, path: str) -> Tuple[List[str], List[str]]
     return sorted(expected - keys), sorted(keys - expected)
 
 
+_LOGGED = set()
+
+
+def _log_once(level: int, message: str) -> None:
+    """Log ``message`` the first time in this process, at DEBUG afterwards: a detector builds the
+    same CLIP tower up to three times (backbone, region scorer, text classifier)."""
+    logger.log(level if message not in _LOGGED else logging.DEBUG, message)
+    _LOGGED.add(message)
+
+
+class _DropRandomInitWarning(logging.Filter):
+    """Drops open_clip's "No pretrained weights loaded ... Model initialized randomly" warning."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "initialized randomly" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _without_random_init_warning():
+    """open_clip warns on the root logger whenever it builds a model without a tag, even when
+    the caller loads a checkpoint into it next; build_clip_model logs the truth itself."""
+    drop = _DropRandomInitWarning()
+    root = logging.getLogger()
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
+
+
 def build_clip_model(
     model_name: str,
     pretrained: str = "",
@@ -164,10 +197,22 @@ def build_clip_model(
     _check_model_name(model_name)
     pretrained = (pretrained or "").strip()
     if not pretrained:
-        model = open_clip.create_model(model_name, pretrained=None, device=device)
+        with _without_random_init_warning():
+            model = open_clip.create_model(model_name, pretrained=None, device=device)
+        _log_once(
+            logging.WARNING,
+            f"CLIP {model_name}: random weights (no pretrained weights given; set "
+            "MODEL.OVD.CLIP.PRETRAINED to a checkpoint file or an open_clip tag for real ones)",
+        )
     elif _looks_like_path(pretrained):
-        model = open_clip.create_model(model_name, pretrained=None, device=device)
+        with _without_random_init_warning():  # the weights are loaded right below
+            model = open_clip.create_model(model_name, pretrained=None, device=device)
         load_clip_checkpoint(model, pretrained, model_name)
+        _log_once(
+            logging.INFO,
+            f"Loaded CLIP weights for {model_name} from {os.path.abspath(pretrained)} "
+            f"(SHA-256 {cached_file_sha256(pretrained)[:12]})",
+        )
     else:
         tags = open_clip.list_pretrained_tags_by_model(model_name)
         if pretrained not in tags:
@@ -185,6 +230,10 @@ def build_clip_model(
                 "checkpoint on another machine and pass its local path as "
                 "MODEL.OVD.CLIP.PRETRAINED."
             ) from e
+        _log_once(
+            logging.INFO,
+            f"Loaded CLIP weights for {model_name}: open_clip pretrained tag {pretrained!r}",
+        )
     model.eval()
     model.ovdet_model_name = model_name
     model.ovdet_pretrained = pretrained

@@ -6,6 +6,8 @@ from .datasets import (  # noqa: F401
     datasets_root,
     get_dataset_vocabulary,
     register_builtin_datasets,
+    register_coco_format_ov_dataset,
+    register_dataset_spec,
     register_lvis_format_dataset,
     register_synthetic_dataset,
 )
@@ -15,5 +17,7 @@ __all__ = [
     "get_dataset_vocabulary",
     "register_builtin_datasets",
     "register_lvis_format_dataset",
+    "register_coco_format_ov_dataset",
+    "register_dataset_spec",
     "register_synthetic_dataset",
 ]

@@ -10,19 +10,28 @@ Shards and the index are written atomically, shard first, so an interrupted run 
 shard in progress and a later run resumes after the last indexed image. Reading uses
 ``torch.load(mmap=True)``, so a worker touches only the images it needs.
 
+Many processes (the tool under Detectron2's ``launch``) write one *part* each: process ``r``
+writes ``shard-rank<r>-*.pt`` and its own index ``index.rank<r>.json``; at the end the main
+process merges the parts into ``index.json`` (:func:`merge_index_parts`). Readers, and the
+resume check, take the union of ``index.json`` and every part index, so a run killed before the
+merge, or resumed with another number of processes, loses nothing. An index may also list
+``"failed": {image_id: reason}``: images the tool skipped (unreadable, no proposals).
+
 :class:`OVDDatasetMapper` is Detectron2's ``DatasetMapper`` plus two training options:
 - the papers' large-scale jitter (``MODEL.OVD.INPUT.LSJ_SIZE``: resize by a random factor in
   ``LSJ_SCALE`` of a square of that size, then a fixed-size crop/pad, then a flip; ViLD and F-VLM
   train at 1024 with [0.1, 2.0], METHODS 1.8, 2.6), with Detectron2's ``ResizeScale`` and
   ``FixedSizeCrop``;
 - the image's ViLD proposals, moved by the same augmentation as the image and clipped, as
-  ``dataset_dict["vild_proposals"]`` (``Instances`` with ``proposal_boxes`` and ``clip_embeds``).
+  ``dataset_dict["vild_proposals"]`` (``Instances`` with ``proposal_boxes`` and ``clip_embeds``);
+  an image the tool skipped (recorded in the index, e.g. no proposals) gets none, so it trains
+  with the ViLD-text loss only.
 """
 
 import json
 import os
 from collections import OrderedDict
-from typing import Dict, Iterable, List, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -34,14 +43,20 @@ from detectron2.structures import Boxes, Instances
 from ..utils.atomic_io import atomic_write_path
 from .datasets import datasets_root
 
-__all__ = ["ViLDEmbeddingStore", "ViLDEmbeddingWriter", "OVDDatasetMapper"]
+__all__ = [
+    "ViLDEmbeddingStore",
+    "ViLDEmbeddingWriter",
+    "OVDDatasetMapper",
+    "merge_index_parts",
+    "read_merged_index",
+]
 
 _FORMAT = 1
 INDEX = "index.json"
 
 
-def _read_index(directory: str) -> dict:
-    path = os.path.join(directory, INDEX)
+def _read_index(directory: str, name: str = INDEX) -> dict:
+    path = os.path.join(directory, name)
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"No ViLD embedding index at {path}. Write it with tools/precompute_vild_embeddings.py "
@@ -54,18 +69,72 @@ def _read_index(directory: str) -> dict:
     return index
 
 
+def _index_files(directory: str) -> List[str]:
+    """``index.json`` (if present) and the part indexes ``index.<part>.json``, sorted."""
+    if not os.path.isdir(directory):
+        return []
+    names = [n for n in os.listdir(directory) if n.startswith("index.") and n.endswith(".json")]
+    return sorted(names, key=lambda n: (n != INDEX, n))
+
+
+def read_merged_index(directory: str) -> dict:
+    """The union of ``index.json`` and every part index of ``directory``:
+    ``{"format", "embed_dim", "shards": {name: [ids]}, "failed": {id: reason}}``. An image
+    encoded in a later run is no longer reported as failed. Raises ``FileNotFoundError`` when
+    there is no index at all and ``ValueError`` when the parts disagree on the width."""
+    names = _index_files(directory)
+    if not names:
+        return _read_index(directory)  # raises the error that names the tool
+    merged = {"format": _FORMAT, "embed_dim": None, "shards": {}, "failed": {}}
+    for name in names:
+        index = _read_index(directory, name)
+        if merged["embed_dim"] not in (None, int(index["embed_dim"])):
+            raise ValueError(
+                f"{directory}: {name} holds {index['embed_dim']}-d embeddings, other index files "
+                f"{merged['embed_dim']}-d ones; use one --output folder per CLIP model."
+            )
+        merged["embed_dim"] = int(index["embed_dim"])
+        merged["shards"].update(index["shards"])
+        merged["failed"].update(index.get("failed", {}))
+    done = {i for ids in merged["shards"].values() for i in ids}
+    merged["failed"] = {i: r for i, r in merged["failed"].items() if i not in done}
+    return merged
+
+
+def _write_json(path: str, obj) -> None:
+    with atomic_write_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f)
+
+
+def merge_index_parts(directory: str) -> dict:
+    """Write the union of all index files as ``index.json`` (atomically), then remove the part
+    indexes; returns the merged index. Run it in one process after every writer flushed."""
+    merged = read_merged_index(directory)
+    _write_json(os.path.join(directory, INDEX), merged)
+    for name in _index_files(directory):
+        if name != INDEX:
+            os.remove(os.path.join(directory, name))
+    return merged
+
+
 class ViLDEmbeddingStore:
     """Random access to precomputed proposals + embeddings by image id."""
 
     def __init__(self, directory: str, max_open_shards: int = 4):
         self.directory = directory
-        index = _read_index(directory)
+        index = read_merged_index(directory)
         self.embed_dim = int(index["embed_dim"])
+        self._failed = index["failed"]
         self._shard_of = {
             str(image_id): shard for shard, ids in index["shards"].items() for image_id in ids
         }
         self._open: "OrderedDict[str, dict]" = OrderedDict()
         self._max_open = max_open_shards
+
+    def skip_reason(self, image_id) -> Optional[str]:
+        """Why the precompute tool skipped ``image_id`` (e.g. "ValueError: no proposals"), or
+        None if it was not skipped."""
+        return self._failed.get(str(image_id))
 
     def __contains__(self, image_id) -> bool:
         return str(image_id) in self._shard_of
@@ -85,6 +154,12 @@ class ViLDEmbeddingStore:
     def get(self, image_id) -> Tuple[np.ndarray, torch.Tensor]:
         """(M, 4) float32 XYXY boxes in original image pixels, (M, D) float32 embeddings."""
         key = str(image_id)
+        if key in self._failed:
+            raise KeyError(
+                f"Image {image_id} has no ViLD embeddings in {self.directory}: "
+                f"tools/precompute_vild_embeddings.py skipped it ({self._failed[key]}). Fix the "
+                "image (or give it proposals) and re-run the tool, or remove it from the dataset."
+            )
         if key not in self._shard_of:
             raise KeyError(
                 f"Image {image_id} has no precomputed ViLD embeddings in {self.directory}; "
@@ -95,25 +170,46 @@ class ViLDEmbeddingStore:
 
 
 class ViLDEmbeddingWriter:
-    """Collects per-image results and writes them shard by shard (resumable)."""
+    """Collects per-image results and writes them shard by shard (resumable).
 
-    def __init__(self, directory: str, embed_dim: int, shard_size: int = 500):
+    Args:
+        directory: the output folder.
+        embed_dim: D, checked against what the folder already holds.
+        shard_size: images per shard file.
+        part: ``None`` writes ``index.json`` itself (one process); a name such as ``"rank0"``
+            writes ``index.rank0.json`` and ``shard-rank0-*.pt`` (one writer per process; merge
+            with :func:`merge_index_parts`).
+    """
+
+    def __init__(
+        self, directory: str, embed_dim: int, shard_size: int = 500, part: Optional[str] = None
+    ):
         self.directory = directory
         self.shard_size = shard_size
+        self.part = part
+        self._index_name = INDEX if part is None else f"index.{part}.json"
+        self._shard_prefix = "shard-" if part is None else f"shard-{part}-"
         os.makedirs(directory, exist_ok=True)
-        if os.path.isfile(os.path.join(directory, INDEX)):
-            self.index = _read_index(directory)
-            if int(self.index["embed_dim"]) != embed_dim:
+        self._done = set()
+        if _index_files(directory):
+            existing = read_merged_index(directory)
+            if int(existing["embed_dim"]) != embed_dim:
                 raise ValueError(
-                    f"{directory} holds {self.index['embed_dim']}-d embeddings, this run makes "
+                    f"{directory} holds {existing['embed_dim']}-d embeddings, this run makes "
                     f"{embed_dim}-d ones: use another --output folder."
                 )
+            self._done = {i for ids in existing["shards"].values() for i in ids}
+        own = os.path.join(directory, self._index_name)
+        if os.path.isfile(own):
+            self.index = _read_index(directory, self._index_name)
         else:
             self.index = {"format": _FORMAT, "embed_dim": embed_dim, "shards": {}}
+        self.index.setdefault("failed", {})
         self._pending: Dict[str, dict] = {}
 
     def done_ids(self) -> set:
-        return {image_id for ids in self.index["shards"].values() for image_id in ids}
+        """Image ids (strings) already encoded in this folder, by any process or run."""
+        return self._done | {i for ids in self.index["shards"].values() for i in ids}
 
     def add(self, image_id, boxes: torch.Tensor, embeds: torch.Tensor) -> None:
         """boxes (M, 4) XYXY original pixels; embeds (M, D) L2-normalised."""
@@ -121,20 +217,30 @@ class ViLDEmbeddingWriter:
             "boxes": boxes.detach().float().cpu().contiguous(),
             "embeds": embeds.detach().half().cpu().contiguous(),
         }
+        self.index["failed"].pop(str(image_id), None)
         if len(self._pending) >= self.shard_size:
             self.flush()
 
+    def add_failure(self, image_id, reason: str) -> None:
+        """Record that ``image_id`` was skipped (written with the next flush)."""
+        self.index["failed"][str(image_id)] = reason
+
+    def _next_shard_name(self) -> str:
+        k = len(self.index["shards"])
+        while os.path.exists(os.path.join(self.directory, f"{self._shard_prefix}{k:05d}.pt")):
+            k += 1  # never overwrite a shard another index (e.g. a merged one) refers to
+        return f"{self._shard_prefix}{k:05d}.pt"
+
     def flush(self) -> None:
-        if not self._pending:
-            return
-        name = f"shard-{len(self.index['shards']):05d}.pt"
-        with atomic_write_path(os.path.join(self.directory, name)) as tmp:
-            torch.save(self._pending, tmp)
-        self.index["shards"][name] = list(self._pending)
-        with atomic_write_path(os.path.join(self.directory, INDEX)) as tmp:
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(self.index, f)
-        self._pending = {}
+        """Write the pending images as a new shard, then this writer's index (both atomic)."""
+        if self._pending:
+            name = self._next_shard_name()
+            with atomic_write_path(os.path.join(self.directory, name)) as tmp:
+                torch.save(self._pending, tmp)
+            self.index["shards"][name] = list(self._pending)
+            self._pending = {}
+        if self.index["shards"] or self.index["failed"]:
+            _write_json(os.path.join(self.directory, self._index_name), self.index)
 
 
 class OVDDatasetMapper(DatasetMapper):
@@ -177,6 +283,8 @@ class OVDDatasetMapper(DatasetMapper):
         super()._transform_annotations(dataset_dict, transforms, image_shape)
         if self.vild_store is None:
             return
+        if self.vild_store.skip_reason(dataset_dict["image_id"]) is not None:
+            return  # no distillation RoIs for this image (the heads train it on the text loss)
         boxes, embeds = self.vild_store.get(dataset_dict["image_id"])
         boxes, embeds = boxes[: self.max_vild_proposals], embeds[: self.max_vild_proposals]
         moved = Boxes(torch.as_tensor(transforms.apply_box(boxes), dtype=torch.float32))

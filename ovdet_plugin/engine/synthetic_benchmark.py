@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Dict, List, Optional, Sequence
 
 from ..utils.atomic_io import atomic_write_path
+from ..utils.hashing import file_sha256
 
 __all__ = [
     "BenchmarkSize",
@@ -180,15 +181,6 @@ ABLATIONS = {
         opts=["MODEL.OVD.BACKBONE.FREEZE", "True", "MODEL.OVD.VLM_SCORER.FROZEN_COPY", "False"],
     ),
 }
-
-
-def file_sha256(path: str) -> str:
-    """Hex SHA-256 of a file's bytes (the checksum in the shipped checkpoint's record)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _config_digest(name: str) -> str:

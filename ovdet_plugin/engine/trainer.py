@@ -34,8 +34,10 @@ from detectron2.engine import DefaultTrainer, default_setup, launch
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
+from detectron2.utils.logger import setup_logger
 
 from ..config import get_ovdet_cfg
+from ..data.datasets.custom import merge_dataset_arguments, register_datasets_from_config
 from ..data.vild_embeddings import OVDDatasetMapper
 from ..evaluation import build_ov_evaluator
 from ..modeling.backbone.utils import get_vit_lr_decay_rate
@@ -195,13 +197,19 @@ class OVDTrainer(DefaultTrainer):
 
 
 def setup_ovdet_cfg(args):
-    """``get_cfg`` + ``add_ovdet_config`` + the config file + command-line overrides, then
-    :func:`check_ovdet_cfg` and Detectron2's ``default_setup`` (logging, output folder, seed).
-    Returns the frozen config."""
-    cfg = get_ovdet_cfg(args.config_file, args.opts)
+    """``get_cfg`` + ``add_ovdet_config`` + the config file + command-line overrides (and the
+    ``--register-dataset`` specs, appended to ``MODEL.OVD.CUSTOM_DATASETS``), then
+    :func:`check_ovdet_cfg`, Detectron2's ``default_setup`` (logging, output folder, seed), then
+    the registration of those datasets. Every tool calls it inside each ``launch`` worker, so
+    the registrations exist in every process. Returns the frozen config."""
+    cfg = merge_dataset_arguments(get_ovdet_cfg(args.config_file, args.opts), args)
     cfg.freeze()
     check_ovdet_cfg(cfg)  # before default_setup writes into OUTPUT_DIR
     default_setup(cfg, args)
+    # the plugin's own INFO lines (CLIP weights loaded, datasets registered) on the console and
+    # in OUTPUT_DIR/log.txt, like Detectron2's (default_setup sets up "detectron2" and "fvcore")
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="ovdet_plugin")
+    register_datasets_from_config(cfg)
     return cfg
 
 

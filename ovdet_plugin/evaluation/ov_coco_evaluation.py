@@ -100,6 +100,10 @@ class OVCOCOEvaluator(COCOEvaluator):
             )
         self._split_of_cat_id = {int(d): splits[i] for d, i in id_map.items()}
         if self._do_evaluation:
+            if "info" not in self._coco_api.dataset:
+                # pycocotools >= 2.0.8 copies the ground truth's "info" in loadRes and fails on
+                # files without it (common in hand-made COCO files); it is not used otherwise.
+                self._coco_api.dataset["info"] = {}
             gt_ids = set(self._coco_api.getCatIds())
             if gt_ids != set(self._split_of_cat_id):
                 raise ValueError(

@@ -1,5 +1,7 @@
 """Zero-shot classification of the single-object crops of a generated dataset with a CLIP model:
-the first figure of the generated-data benchmark (``tools/run_synthetic_benchmark.py``).
+the first figure of the generated-data benchmark (``tools/run_synthetic_benchmark.py``). The same
+check runs on any registered Detectron2 dataset (:func:`load_dataset_crops`: your own COCO- or
+LVIS-format data), grouped by LVIS frequency or, without one, by novel/base.
 
 Crops of every annotated object of a split (val by default, from
 :func:`ovdet_plugin.data.synthetic.crops.iter_object_crops`) are padded to a square, resized to
@@ -22,9 +24,13 @@ from ..clip.text_embeddings import encode_vocabulary
 from ..data.synthetic.crops import iter_object_crops
 from ..pretraining.caption_data import CLIP_MEAN, CLIP_STD
 
+# The LVIS frequency groups: rare, common, frequent.
+FREQUENCY_GROUPS = ("r", "c", "f")
+
 __all__ = [
     "square_resize",
     "load_crops",
+    "load_dataset_crops",
     "zero_shot_accuracy",
     "group_accuracy",
     "format_accuracy",
@@ -71,6 +77,83 @@ def load_crops(dataset_dir: str, size: int, split: str = "val", min_visible: flo
     }
 
 
+def _crop_box(image: np.ndarray, xyxy: Sequence[float], context: float) -> np.ndarray:
+    """The box enlarged by ``context`` of its size on every side, clipped to the image."""
+    x0, y0, x1, y1 = xyxy
+    dx, dy = (x1 - x0) * context, (y1 - y0) * context
+    h, w = image.shape[:2]
+    x0, y0 = int(max(0, np.floor(x0 - dx))), int(max(0, np.floor(y0 - dy)))
+    x1, y1 = int(min(w, np.ceil(x1 + dx))), int(min(h, np.ceil(y1 + dy)))
+    return image[y0:y1, x0:x1]
+
+
+def load_dataset_crops(
+    dataset_name: str,
+    size: int,
+    *,
+    context: float = 0.1,
+    min_size: float = 4.0,
+    max_crops: Optional[int] = None,
+) -> Dict:
+    """Every annotated box of a registered dataset as a CLIP-normalised crop, in the layout of
+    :func:`load_crops` (so :func:`zero_shot_accuracy` takes it).
+
+    Args:
+        dataset_name: any name in Detectron2's ``DatasetCatalog`` whose metadata has
+            ``thing_classes`` (every registration of this plugin has).
+        size: the CLIP input size (:func:`~ovdet_plugin.clip.clip_image_size`).
+        context: each box is enlarged by this fraction of its size on every side.
+        min_size: skip boxes whose shorter side is below this many pixels.
+        max_crops: stop after this many.
+
+    Returns:
+        ``images`` (N, 3, size, size), ``category_ids`` (contiguous ids), ``frequencies`` (the
+        group of each crop: LVIS frequency "r"/"c"/"f" when the metadata has them, else
+        "novel"/"base"), ``categories`` ([{"id": contiguous id, "name"}]) and ``groups``.
+    """
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.data.detection_utils import read_image
+    from detectron2.structures import BoxMode
+
+    dicts = DatasetCatalog.get(dataset_name)
+    meta = MetadataCatalog.get(dataset_name)
+    names = list(meta.thing_classes)
+    freq = list(meta.get("thing_class_frequency") or [""] * len(names))
+    splits = list(meta.get("thing_class_splits") or [""] * len(names))
+    by_frequency = all(f in ("r", "c", "f") for f in freq)
+    groups = ("r", "c", "f") if by_frequency else ("novel", "base")
+    label = freq if by_frequency else splits
+    images, cat_ids, kinds = [], [], []
+    for record in dicts:
+        anns = [a for a in record.get("annotations", []) if not a.get("iscrowd", 0)]
+        if not anns:
+            continue
+        image = read_image(record["file_name"], format="RGB")
+        for ann in anns:
+            xyxy = BoxMode.convert(list(ann["bbox"]), ann["bbox_mode"], BoxMode.XYXY_ABS)
+            if min(xyxy[2] - xyxy[0], xyxy[3] - xyxy[1]) < min_size:
+                continue
+            images.append(square_resize(_crop_box(image, xyxy, context), size))
+            cat_ids.append(ann["category_id"])
+            kinds.append(label[ann["category_id"]])
+            if max_crops is not None and len(images) >= max_crops:
+                break
+        if max_crops is not None and len(images) >= max_crops:
+            break
+    if not images:
+        raise ValueError(
+            f"Dataset {dataset_name!r} has no annotated box of at least {min_size} px to crop; "
+            "zero-shot crop accuracy needs ground-truth boxes (use a validation split)."
+        )
+    return {
+        "images": to_clip_tensor(np.stack(images)),
+        "category_ids": cat_ids,
+        "frequencies": kinds,
+        "categories": [{"id": i, "name": n} for i, n in enumerate(names)],
+        "groups": groups,
+    }
+
+
 @torch.no_grad()
 def zero_shot_accuracy(
     model,
@@ -99,28 +182,37 @@ def zero_shot_accuracy(
     finally:
         model.train(was_training)
     id_of = [c["id"] for c in crops["categories"]]
-    return group_accuracy([id_of[p] for p in pred], crops["category_ids"], crops["frequencies"])
+    return group_accuracy(
+        [id_of[p] for p in pred],
+        crops["category_ids"],
+        crops["frequencies"],
+        groups=crops.get("groups", FREQUENCY_GROUPS),
+    )
 
 
 def group_accuracy(
-    predicted_ids: Sequence[int], true_ids: Sequence[int], frequencies: Sequence[str]
+    predicted_ids: Sequence[int],
+    true_ids: Sequence[int],
+    frequencies: Sequence[str],
+    groups: Sequence[str] = FREQUENCY_GROUPS,
 ) -> Dict[str, float]:
-    """Top-1 accuracy (percent) per frequency group: keys "r", "c", "f", "all" (NaN for an empty
-    group) and "n_r", "n_c", "n_f", "n_all" (counts). One category id and group per object."""
+    """Top-1 accuracy (percent) per group: keys "r", "c", "f" (or the given ``groups``, e.g.
+    "novel", "base"), "all" (NaN for an empty group) and "n_r", "n_c", "n_f", ..., "n_all"
+    (counts). One category id and group per object."""
     hits, counts = defaultdict(int), defaultdict(int)
     for p, gt, fr in zip(predicted_ids, true_ids, frequencies):
         for group in (fr, "all"):
             counts[group] += 1
             hits[group] += int(p == gt)
     out: Dict[str, float] = {}
-    for group in ("r", "c", "f", "all"):
+    for group in (*groups, "all"):
         out[group] = 100.0 * hits[group] / counts[group] if counts[group] else float("nan")
         out["n_" + group] = counts[group]
     return out
 
 
 def format_accuracy(acc: Dict[str, float]) -> str:
-    return (
-        f"rare {acc['r']:.1f}% (n={acc['n_r']})  common {acc['c']:.1f}% (n={acc['n_c']})  "
-        f"frequent {acc['f']:.1f}% (n={acc['n_f']})  all {acc['all']:.1f}% (n={acc['n_all']})"
-    )
+    """One line: the groups of :func:`group_accuracy` present in ``acc``, then all."""
+    labels = {"r": "rare", "c": "common", "f": "frequent"}
+    keys = [k[2:] for k in acc if k.startswith("n_") and k != "n_all"] + ["all"]
+    return "  ".join(f"{labels.get(k, k)} {acc[k]:.1f}% (n={acc['n_' + k]})" for k in keys)

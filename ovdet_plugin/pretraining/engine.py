@@ -8,10 +8,16 @@ import torch
 from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 from torch.utils.data import DataLoader
 
 from ..config import add_ovdet_config
 from ..engine.checks import check_writable_dir
+from ..data.datasets.custom import (
+    add_dataset_arguments,
+    merge_dataset_arguments,
+    register_datasets_from_config,
+)
 from .caption_data import (
     CaptionDataset,
     clip_image_transform,
@@ -38,8 +44,9 @@ logger = logging.getLogger(__name__)
 
 def argument_parser(description: str):
     """Detectron2's ``default_argument_parser`` (``--config-file --resume --num-gpus
-    --num-machines --machine-rank --dist-url opts``) plus ``--stop-after-iter``."""
-    parser = default_argument_parser()
+    --num-machines --machine-rank --dist-url opts``) plus ``--stop-after-iter`` and
+    ``--register-dataset``."""
+    parser = add_dataset_arguments(default_argument_parser())
     parser.description = description
     parser.add_argument(
         "--stop-after-iter",
@@ -52,19 +59,23 @@ def argument_parser(description: str):
 
 
 def setup_cfg(args):
-    """get_cfg + add_ovdet_config + --config-file + opts, then Detectron2's ``default_setup``
-    (logger per rank, config dump in OUTPUT_DIR, seeding)."""
+    """get_cfg + add_ovdet_config + --config-file + opts (+ ``--register-dataset``), then
+    Detectron2's ``default_setup`` (logger per rank, config dump in OUTPUT_DIR, seeding), then the
+    registration of ``MODEL.OVD.CUSTOM_DATASETS`` (CLIPSelf reads DATASETS.TRAIN)."""
     cfg = get_cfg()
     add_ovdet_config(cfg)
     if args.config_file:
         cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
+    merge_dataset_arguments(cfg, args)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logger.warning("MODEL.DEVICE %s: no CUDA GPU here, training on the CPU.", cfg.MODEL.DEVICE)
         cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
     check_writable_dir(cfg.OUTPUT_DIR, "OUTPUT_DIR")  # before default_setup writes into it
     default_setup(cfg, args)
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="ovdet_plugin")
+    register_datasets_from_config(cfg)  # in every launch worker
     return cfg
 
 

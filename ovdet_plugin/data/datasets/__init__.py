@@ -1,9 +1,18 @@
-"""Dataset registrations: LVIS v1 open-vocabulary, OV-COCO, any LVIS-format file, and the
-generated dataset. Importing this module registers the built-in names (files are only read
-when a dataset is loaded)."""
+"""Dataset registrations: LVIS v1 open-vocabulary, OV-COCO, any LVIS-format file, any COCO-format
+file with its own base/novel split, and the generated dataset. Importing this module registers
+the built-in names (files are only read when a dataset is loaded)."""
 
 from .coco_ov import OV_COCO_SPLITS, load_ov_coco_json, make_ov_coco_json, register_ov_coco
 from .common import datasets_root, get_dataset_vocabulary
+from .custom import (
+    add_dataset_arguments,
+    load_coco_format_ov_json,
+    merge_dataset_arguments,
+    parse_dataset_spec,
+    register_coco_format_ov_dataset,
+    register_dataset_spec,
+    register_datasets_from_config,
+)
 from .lvis_format import (
     load_lvis_format_json,
     lvis_format_metadata,
@@ -16,6 +25,13 @@ __all__ = [
     "datasets_root",
     "get_dataset_vocabulary",
     "register_lvis_format_dataset",
+    "register_coco_format_ov_dataset",
+    "load_coco_format_ov_json",
+    "parse_dataset_spec",
+    "register_dataset_spec",
+    "register_datasets_from_config",
+    "add_dataset_arguments",
+    "merge_dataset_arguments",
     "load_lvis_format_json",
     "lvis_format_metadata",
     "register_lvis_v1_ov",

@@ -21,7 +21,6 @@ into the metadata (``thing_class_splits``), never from class counts or dataset n
 import json
 import logging
 import os
-from collections import Counter
 from typing import Dict, List, Optional
 
 from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
@@ -29,9 +28,9 @@ from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
 from ...utils.atomic_io import atomic_write_path
 from ...vocabulary import BASE, coco_vocabulary
 from .common import (
-    box_problem,
     datasets_root,
-    log_dropped,
+    load_coco_dicts,
+    map_and_filter_annotations,
     ov_metadata,
     register_or_replace,
     require_file,
@@ -80,7 +79,6 @@ def load_ov_coco_json(json_file: str, image_root: str, base_only: bool) -> List[
     Annotations of the 15 classes outside the split are dropped; with ``base_only`` the 17 novel
     classes' annotations are dropped too, and so are images left with no annotation.
     """
-    from detectron2.data.datasets.coco import load_coco_json
 
     hint = (
         "Run `python datasets/prepare_ov_coco.py` first."
@@ -89,49 +87,17 @@ def load_ov_coco_json(json_file: str, image_root: str, base_only: bool) -> List[
     )
     require_file(json_file, "COCO annotation file", README_SECTION, hint)
     require_file(image_root, "COCO image folder", README_SECTION)
-    meta = ov_coco_metadata()
-    id_map = meta["thing_dataset_id_to_contiguous_id"]
-    keep = {d for d, i in id_map.items() if not base_only or meta["thing_class_splits"][i] == BASE}
     # dataset_name=None: load_coco_json leaves the raw COCO category ids; we map them here.
-    try:
-        dicts = load_coco_json(json_file, image_root, dataset_name=None)
-    except json.JSONDecodeError as e:
-        raise ValueError(
-            f"{json_file} is not valid JSON (line {e.lineno}: {e.msg}); the file is truncated or "
-            f"corrupt. Download it again (see datasets/README.md, section '{README_SECTION}')."
-        ) from e
-    dup = [i for i, n in Counter(r["image_id"] for r in dicts).items() if n > 1]
-    if dup:
-        raise ValueError(
-            f"{json_file}: {len(dup)} image id(s) appear more than once (e.g. {dup[:5]}); boxes "
-            "would be trained on the wrong image. Give every image a unique id in the file."
-        )
-    out, removed, dropped = [], 0, Counter()
-    for record in dicts:
-        anns = []
-        for a in record["annotations"]:
-            if a["category_id"] not in keep:
-                removed += 1
-                continue
-            problem = box_problem(a.get("bbox"), record["width"], record["height"])
-            if problem:
-                dropped[f"with a bbox {problem}" if problem != "no bbox" else "without bbox"] += 1
-                continue
-            a["category_id"] = id_map[a["category_id"]]
-            anns.append(a)
-        record["annotations"] = anns
-        if anns or not base_only:
-            out.append(record)
-    if base_only and not out:
-        raise ValueError(
-            f"{json_file}: no image has an annotation of the 48 base classes. Is this a COCO 2017 "
-            "instances file? See datasets/README.md, section 'OV-COCO'."
-        )
+    fix = f"Download it again (see datasets/README.md, section '{README_SECTION}')."
+    dicts = load_coco_dicts(json_file, image_root, fix)
+    result = map_and_filter_annotations(
+        dicts, ov_coco_metadata(), base_only, drop_empty=base_only, source=json_file
+    )
+    out, removed = result["dicts"], result["removed"]
     logger.info(
         f"OV-COCO: {len(out)} of {len(dicts)} images from {json_file}; removed {removed} "
         f"annotations of classes outside the {'48 base' if base_only else '65'} classes"
     )
-    log_dropped(dropped, json_file)
     return out
 
 

@@ -9,7 +9,7 @@ from typing import Dict, Iterable, List, Optional, Sequence
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from ...vocabulary import Vocabulary
+from ...vocabulary import BASE, Vocabulary
 
 __all__ = [
     "datasets_root",
@@ -21,6 +21,8 @@ __all__ = [
     "require_unique_ids",
     "box_problem",
     "log_dropped",
+    "load_coco_dicts",
+    "map_and_filter_annotations",
 ]
 
 logger = logging.getLogger(__name__)
@@ -181,3 +183,63 @@ def log_dropped(dropped: Counter, where: str) -> None:
     if dropped:
         reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(dropped.items()))
         logger.warning(f"{where}: dropped {sum(dropped.values())} annotation(s): {reasons}")
+
+
+def load_coco_dicts(json_file: str, image_root: str, fix: str) -> List[Dict]:
+    """Detectron2's ``load_coco_json`` with the raw category ids (``dataset_name=None``). A
+    truncated or malformed JSON raises ``ValueError`` naming the file, the line and ``fix``;
+    duplicate image ids are refused (boxes would land on the wrong image)."""
+    from detectron2.data.datasets.coco import load_coco_json
+
+    try:
+        dicts = load_coco_json(json_file, image_root, dataset_name=None)
+    except json.JSONDecodeError as e:
+        raise ValueError(
+            f"{json_file} is not valid JSON (line {e.lineno}: {e.msg}); the file is truncated or "
+            f"corrupt. {fix}"
+        ) from e
+    dup = [i for i, n in Counter(r["image_id"] for r in dicts).items() if n > 1]
+    if dup:
+        raise ValueError(
+            f"{json_file}: {len(dup)} image id(s) appear more than once (e.g. {dup[:5]}); boxes "
+            "would be trained on the wrong image. Give every image a unique id in the file."
+        )
+    return dicts
+
+
+def map_and_filter_annotations(
+    dicts: List[Dict], meta: Dict, base_only: bool, drop_empty: bool, source: str
+) -> Dict[str, object]:
+    """Map raw category ids of COCO dataset dicts (from :func:`load_coco_dicts`) to contiguous
+    ids in place, dropping annotations of classes outside the metadata and, with ``base_only``,
+    of non-base classes; annotations whose box cannot be trained on are dropped and counted by
+    reason (:func:`box_problem`, logged for ``source``). With ``drop_empty`` images left without
+    annotations are dropped. Returns ``{"dicts": kept records, "removed": number of annotations
+    of other classes}``. Raises ``ValueError`` when ``base_only`` leaves no image."""
+    id_map = meta["thing_dataset_id_to_contiguous_id"]
+    splits = meta["thing_class_splits"]
+    keep = {d for d, i in id_map.items() if not base_only or splits[i] == BASE}
+    out, removed, dropped = [], 0, Counter()
+    for record in dicts:
+        anns = []
+        for a in record["annotations"]:
+            if a["category_id"] not in keep:
+                removed += 1
+                continue
+            problem = box_problem(a.get("bbox"), record["width"], record["height"])
+            if problem:
+                dropped[f"with a bbox {problem}" if problem != "no bbox" else "without bbox"] += 1
+                continue
+            a["category_id"] = id_map[a["category_id"]]
+            anns.append(a)
+        record["annotations"] = anns
+        if anns or not drop_empty:
+            out.append(record)
+    log_dropped(dropped, source)
+    if base_only and not out:
+        raise ValueError(
+            f"{source}: no image has an annotation of a base class, so there is nothing to train "
+            "on. Check that the file is the right one and that its base/novel split leaves base "
+            "classes."
+        )
+    return {"dicts": out, "removed": removed}
