@@ -12,12 +12,12 @@ from detectron2.utils.logger import setup_logger
 from torch.utils.data import DataLoader
 
 from ..config import add_ovdet_config
-from ..engine.checks import check_writable_dir
 from ..data.datasets.custom import (
     add_dataset_arguments,
     merge_dataset_arguments,
     register_datasets_from_config,
 )
+from ..engine.checks import check_writable_dir
 from .caption_data import (
     CaptionDataset,
     clip_image_transform,
