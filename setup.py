@@ -35,5 +35,5 @@ setup(
         # constraints.txt installs visaionlvis 0.5.4 (upstream lvis-api master) instead.
         "visaionlvis",
     ],
-    extras_require={"dev": ["pytest", "black", "ruff"]},
+    extras_require={"dev": ["pytest", "black", "ruff", "onnx", "onnxruntime"]},
 )

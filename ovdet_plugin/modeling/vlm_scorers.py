@@ -244,8 +244,9 @@ def attention_pool_regions(attnpool: nn.Module, crops: torch.Tensor, chunk: int 
     w_v_heads = w_v.reshape(heads, dh, C)
     pos = attnpool.positional_embedding.to(crops.dtype)  # (1 + g², C)
     outputs = []
-    for start in range(0, R, chunk):
-        x = crops[start : start + chunk].flatten(2).transpose(1, 2)  # (r, g², C)
+    # Traced for export, one chunk: a chunk count would be frozen at the trace input's R.
+    for part in [crops] if torch.jit.is_tracing() else crops.split(chunk):
+        x = part.flatten(2).transpose(1, 2)  # (r, g², C)
         tokens = torch.cat([x.mean(dim=1, keepdim=True), x], dim=1) + pos  # (r, 1 + g², C)
         q = F.linear(tokens[:, 0], w_q, b_q).reshape(-1, heads, dh) * dh**-0.5  # (r, h, d)
         q_keys = torch.einsum("rhd,hdc->rhc", q, w_k_heads)  # W_k,h^T q_h: (r, h, C)
