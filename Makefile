@@ -3,7 +3,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
-LINT_PATHS := ovdet_plugin tools tests benchmarks setup.py
+LINT_PATHS := ovdet_plugin tools tests benchmarks configs/lazy setup.py
 
 .PHONY: install demo demo-text benchmark-synthetic test lint format
 
