@@ -11,9 +11,12 @@ import argparse
 import json
 import os
 import shutil
+import sys
 import time
 
-from ovdet_plugin.engine.synthetic_benchmark import CLIP_MODEL_NAME, SHIPPED_CLIP, file_sha256
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO_ROOT)  # benchmarks.synthetic lives in the checkout, not in the package
+from benchmarks.synthetic.pipeline import CLIP_MODEL_NAME, SHIPPED_CLIP, file_sha256  # noqa: E402
 
 
 def main(argv=None):

@@ -160,9 +160,9 @@ def test_zero_shot_crops_on_any_registered_dataset(tmp_path):
     """The zero-shot check reads registered datasets: on the generated val registered as LVIS
     format it reproduces the generated-layout figures exactly; as COCO format with the rare kinds
     as novel, it groups by novel/base with the same crops."""
+    from benchmarks.synthetic.pipeline import CLIP_MODEL_NAME, SHIPPED_CLIP
     from ovdet_plugin.clip import build_clip_model, get_clip_tokenizer
     from ovdet_plugin.data.datasets import register_dataset_spec
-    from ovdet_plugin.engine.synthetic_benchmark import CLIP_MODEL_NAME, SHIPPED_CLIP
     from ovdet_plugin.evaluation.zero_shot_crops import (
         load_crops,
         load_dataset_crops,
@@ -199,6 +199,7 @@ def test_setup_ovdet_cfg_registers_the_flag_specs(coco_files, tmp_path):
     root, paths = coco_files
     spec = f"name=worker_val,format=coco,json={paths['val']},images={root},novel=star"
     parser = add_dataset_arguments(default_argument_parser())
+    # MODEL.DEVICE cpu: the default "cuda" is refused (check_device) on a machine without a GPU.
     args = parser.parse_args(
         ["--register-dataset", spec, "OUTPUT_DIR", str(tmp_path), "MODEL.DEVICE", "cpu"]
     )

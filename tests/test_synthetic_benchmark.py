@@ -13,8 +13,8 @@ import pytest
 import torch
 from conftest import REPO_ROOT
 
-from ovdet_plugin.engine.synthetic_ablations import collect_ablations, format_ablations_markdown
-from ovdet_plugin.engine.synthetic_benchmark import (
+from benchmarks.synthetic.ablations import collect_ablations, format_ablations_markdown
+from benchmarks.synthetic.pipeline import (
     METHODS,
     SHIPPED_CLIP,
     SIZES,
@@ -155,7 +155,7 @@ def test_group_accuracy_per_frequency_group():
 
 
 def test_missing_shipped_checkpoint_and_unknown_variant_are_refused(tmp_path, monkeypatch):
-    import ovdet_plugin.engine.synthetic_benchmark as bench_module
+    import benchmarks.synthetic.pipeline as bench_module
 
     with pytest.raises(ValueError, match="Unknown pretraining variant"):
         SyntheticBenchmark(tmp_path, pretrain_variant="siglip")

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """The end-to-end benchmark on the generated dataset (``make demo``; ``make benchmark-synthetic``
 adds ``--from-scratch --ablations``). Steps and outputs: see
-``ovdet_plugin.engine.synthetic_benchmark``.
+``benchmarks/synthetic/pipeline.py`` (the repository's :mod:`benchmarks.synthetic`, not part of
+the installed package: this tool runs from a source checkout).
 
     python tools/run_synthetic_benchmark.py                     # default size, shipped tiny CLIP
     python tools/run_synthetic_benchmark.py --from-scratch      # pretrain the tiny CLIP here too
@@ -11,11 +12,14 @@ Steps whose outputs exist for the same settings are reused; delete a step's fold
 """
 
 import argparse
+import os
 import sys
 
 from detectron2.utils.logger import setup_logger
 
-from ovdet_plugin.engine.synthetic_benchmark import (
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO_ROOT)  # benchmarks.synthetic lives in the checkout, not in the package
+from benchmarks.synthetic.pipeline import (  # noqa: E402
     DEFAULT_PRETRAIN_VARIANT,
     METHODS,
     PRETRAIN_VARIANTS,
@@ -66,7 +70,7 @@ def main(argv=None):
     )
     report = bench.run()
     if args.ablations:
-        from ovdet_plugin.engine.synthetic_ablations import run_ablations
+        from benchmarks.synthetic.ablations import run_ablations
 
         run_ablations(args.output, size, report["clip"]["path"], size_name=args.size)
 

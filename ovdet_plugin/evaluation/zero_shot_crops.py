@@ -1,7 +1,8 @@
-"""Zero-shot classification of the single-object crops of a generated dataset with a CLIP model:
-the first figure of the generated-data benchmark (``tools/run_synthetic_benchmark.py``). The same
-check runs on any registered Detectron2 dataset (:func:`load_dataset_crops`: your own COCO- or
-LVIS-format data), grouped by LVIS frequency or, without one, by novel/base.
+"""Zero-shot classification of ground-truth object crops with a CLIP model: how well a VLM
+names the objects of a dataset before any detector is trained. It runs on any registered
+Detectron2 dataset (:func:`load_dataset_crops`: your own COCO- or LVIS-format data), grouped by
+LVIS frequency or, without one, by novel/base, and on a generated dataset's folder
+(:func:`load_crops`; the first figure of the generated-data benchmark, ``benchmarks/synthetic``).
 
 Crops of every annotated object of a split (val by default, from
 :func:`ovdet_plugin.data.synthetic.crops.iter_object_crops`) are padded to a square, resized to

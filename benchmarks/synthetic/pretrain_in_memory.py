@@ -29,15 +29,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..clip import build_clip_model, get_clip_tokenizer
-from ..data.synthetic.crops import load_captions
-from ..data.synthetic.render import COLOR_NAMES
-from ..evaluation.zero_shot_crops import format_accuracy, load_crops, zero_shot_accuracy
-from ..utils.atomic_io import atomic_write_path
-from .caption_data import CLIP_MEAN, CLIP_STD
-from .contrastive_losses import multipositive_softmax_loss
-from .cropped_pos_embed import CroppedPosEmbed
-from .rovit import RegionAwareCLIP
+from ovdet_plugin.clip import build_clip_model, get_clip_tokenizer
+from ovdet_plugin.data.synthetic.crops import load_captions
+from ovdet_plugin.data.synthetic.render import COLOR_NAMES
+from ovdet_plugin.evaluation.zero_shot_crops import format_accuracy, load_crops, zero_shot_accuracy
+from ovdet_plugin.pretraining.caption_data import CLIP_MEAN, CLIP_STD
+from ovdet_plugin.pretraining.contrastive_losses import multipositive_softmax_loss
+from ovdet_plugin.pretraining.cropped_pos_embed import CroppedPosEmbed
+from ovdet_plugin.pretraining.rovit import RegionAwareCLIP
+from ovdet_plugin.utils.atomic_io import atomic_write_path
 
 __all__ = ["build_argument_parser", "main", "load_pretrain_set", "pretrain_in_memory"]
 

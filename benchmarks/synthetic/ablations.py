@@ -24,8 +24,9 @@ import sys
 import time
 from typing import Callable, Dict, List, Sequence
 
-from ..utils.atomic_io import atomic_write_path
-from .synthetic_benchmark import (
+from ovdet_plugin.utils.atomic_io import atomic_write_path
+
+from .pipeline import (
     METHODS,
     PRETRAIN_VARIANTS,
     REPO_ROOT,

@@ -8,8 +8,8 @@ Steps, each in its own folder under the output directory:
    ``DETECTRON2_DATASETS=<out>/datasets``.
 2. ``clip``: the tiny CLIP. Either the checkpoint the project ships (made by step 2's own code,
    its command and seed in its ``.json`` record) or, with ``from_scratch``, pretrained here
-   (:mod:`ovdet_plugin.pretraining.in_memory`). Its zero-shot crop accuracy on the val objects is
-   the benchmark's first figure.
+   (:mod:`.pretrain_in_memory`). Its zero-shot crop accuracy on the val objects is the
+   benchmark's first figure.
 3. ``clipself``: CLIPSelf adaptation of the tiny CLIP (``tools/train_clipself.py``).
 4. one step per detector, trained on the base classes with ``tools/train_net.py`` and a config of
    ``configs/synthetic/``, evaluated by the stock ``LVISEvaluator`` (AP, APr, APc, APf); a fused
@@ -36,8 +36,8 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Dict, List, Optional, Sequence
 
-from ..utils.atomic_io import atomic_write_path
-from ..utils.hashing import file_sha256
+from ovdet_plugin.utils.atomic_io import atomic_write_path
+from ovdet_plugin.utils.hashing import file_sha256
 
 __all__ = [
     "BenchmarkSize",
@@ -377,7 +377,7 @@ class SyntheticBenchmark:
         return report
 
     def _data(self, folder: str) -> Dict:
-        from ..data.synthetic.generator import generate_synthetic_dataset
+        from ovdet_plugin.data.synthetic.generator import generate_synthetic_dataset
 
         meta = generate_synthetic_dataset(
             self.data_dir,
@@ -418,8 +418,8 @@ class SyntheticBenchmark:
         return self._step("clip", key, lambda folder: self._clip(folder, source))
 
     def _clip(self, folder: str, source: Dict) -> Dict:
-        from ..clip import build_clip_model, clip_image_size, get_clip_tokenizer
-        from ..evaluation.zero_shot_crops import load_crops, zero_shot_accuracy
+        from ovdet_plugin.clip import build_clip_model, clip_image_size, get_clip_tokenizer
+        from ovdet_plugin.evaluation.zero_shot_crops import load_crops, zero_shot_accuracy
 
         path = os.path.join(folder, "tiny_clip.pt")
         if "checkpoint" in source:
@@ -433,7 +433,7 @@ class SyntheticBenchmark:
             shutil.copyfile(source["checkpoint"], path)
             record: Dict = {"source": source["checkpoint"]}
         else:
-            from ..pretraining.in_memory import build_argument_parser, pretrain_in_memory
+            from .pretrain_in_memory import build_argument_parser, pretrain_in_memory
 
             p = source["pretrain"]
             argv = pretrain_command(
@@ -652,7 +652,7 @@ def _dir_digest(path: str) -> str:
 
 
 def _read_results(folder: str) -> Dict:
-    from .trainer import EVAL_RESULTS_FILE
+    from ovdet_plugin.engine.trainer import EVAL_RESULTS_FILE
 
     path = os.path.join(folder, EVAL_RESULTS_FILE)
     if not os.path.isfile(path):
