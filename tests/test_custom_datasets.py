@@ -199,7 +199,9 @@ def test_setup_ovdet_cfg_registers_the_flag_specs(coco_files, tmp_path):
     root, paths = coco_files
     spec = f"name=worker_val,format=coco,json={paths['val']},images={root},novel=star"
     parser = add_dataset_arguments(default_argument_parser())
-    args = parser.parse_args(["--register-dataset", spec, "OUTPUT_DIR", str(tmp_path)])
+    args = parser.parse_args(
+        ["--register-dataset", spec, "OUTPUT_DIR", str(tmp_path), "MODEL.DEVICE", "cpu"]
+    )
     if "worker_val" in DatasetCatalog.list():
         DatasetCatalog.remove("worker_val")
     cfg = setup_ovdet_cfg(args)
