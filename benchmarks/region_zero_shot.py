@@ -16,11 +16,10 @@ from collections import defaultdict
 import cv2
 import torch
 
-from ovdet_plugin.clip import build_clip_model, get_clip_tokenizer
+from ovdet_plugin.clip import CLIP_MEAN, CLIP_STD, build_clip_model, get_clip_tokenizer
 from ovdet_plugin.clip.text_embeddings import encode_vocabulary
 from ovdet_plugin.evaluation.zero_shot_crops import format_accuracy, group_accuracy
 from ovdet_plugin.modeling.vlm_scorers import AvgPoolRegionScorer, DenseRegionScorer
-from ovdet_plugin.pretraining.caption_data import CLIP_MEAN, CLIP_STD
 
 
 def region_accuracy(dataset_dir, model, tokenizer, scorer, split="val", prompts="single"):

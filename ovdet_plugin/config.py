@@ -196,7 +196,8 @@ def _add_roi_heads_config(cfg: CN) -> None:
     # "AdamW" (F-ViT, METHODS 3.8). Learning rate, weight decay, schedule and clipping are
     # Detectron2's SOLVER.* keys; learnable temperatures are never weight-decayed (METHODS 2.2).
     _C.MODEL.OVD.SOLVER.OPTIMIZER = "SGD"
-    # AdamW betas (CLIPSelf/F-ViT: 0.9, 0.999, METHODS 3.7).
+    # AdamW betas of every AdamW in the plugin: OVDTrainer with OPTIMIZER "AdamW" and the RO-ViT /
+    # CLIPSelf pretraining tools (CLIPSelf/F-ViT: 0.9, 0.999, METHODS 3.7).
     _C.MODEL.OVD.SOLVER.BETAS = [0.9, 0.999]
 
 
@@ -283,13 +284,20 @@ def _add_pretraining_config(cfg: CN) -> None:
     ``tools/train_clipself.py``). Both train the open_clip model MODEL.OVD.CLIP.MODEL_NAME /
     PRETRAINED and use Detectron2's SOLVER.* (BASE_LR, WEIGHT_DECAY, MAX_ITER, IMS_PER_BATCH =
     global batch, LR_SCHEDULER_NAME, WARMUP_ITERS, CHECKPOINT_PERIOD), DATALOADER.NUM_WORKERS,
-    SEED and OUTPUT_DIR; the optimiser is AdamW with MODEL.OVD.PRETRAIN.BETAS.
+    SEED and OUTPUT_DIR; the optimiser is AdamW with MODEL.OVD.SOLVER.BETAS.
     """
     _C = cfg
     _C.MODEL.OVD.PRETRAIN = CN()
-    # AdamW betas (CLIPSelf: (0.9, 0.999), METHODS 3.7). Weight decay SOLVER.WEIGHT_DECAY (0.1)
-    # applies to matrices only: none on gains, biases or logit_scale (METHODS 3.7).
-    _C.MODEL.OVD.PRETRAIN.BETAS = (0.9, 0.999)
+    # The optimiser is AdamW with MODEL.OVD.SOLVER.BETAS (the one BETAS key; CLIPSelf: (0.9,
+    # 0.999), METHODS 3.7). Weight decay SOLVER.WEIGHT_DECAY (0.1) applies to matrices only: none
+    # on gains, biases or logit_scale (METHODS 3.7). See ovdet_plugin.engine.optimizer.
+    _rename_key(
+        _C,
+        "MODEL.OVD.PRETRAIN.BETAS",
+        "MODEL.OVD.SOLVER.BETAS",
+        "The detection trainer and the pretraining tools share one AdamW betas key: replace "
+        "MODEL.OVD.PRETRAIN.BETAS by MODEL.OVD.SOLVER.BETAS (same value).",
+    )
     # Clip the gradient norm to this value; 0 = off.
     _C.MODEL.OVD.PRETRAIN.CLIP_GRAD_NORM = 0.0
     # Iterations between two console / JSON / tensorboard writes.

@@ -12,7 +12,9 @@ Built-in vocabularies need no download:
   the split of Bansal et al. / OVR-CNN used by ViLD, F-VLM and CLIPSelf.
 - ``"coco_ov"``: the 65 classes of that split, in COCO order.
 
-``"dataset:NAME"``: the classes and flags of a dataset registered through ``ovdet_plugin.data``.
+``"dataset:NAME"``: the classes and flags of a dataset registered through ``ovdet_plugin.data``,
+read from Detectron2's catalogs (this module imports nothing from ``ovdet_plugin.data``, which
+imports it).
 
 Custom vocabularies: a comma-separated string (``"cat, remote control, sofa"``), a ``.txt`` file
 (one class per line; ``|`` separates synonyms: ``sofa | couch``; ``#`` starts a comment) or a
@@ -27,7 +29,13 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 
 from .clip.prompts import normalize_class_name
 
-__all__ = ["Vocabulary", "load_vocabulary", "COCO_OV_BASE", "COCO_OV_NOVEL"]
+__all__ = [
+    "Vocabulary",
+    "get_dataset_vocabulary",
+    "load_vocabulary",
+    "COCO_OV_BASE",
+    "COCO_OV_NOVEL",
+]
 
 BASE, NOVEL, UNUSED = "base", "novel", "unused"
 
@@ -262,6 +270,37 @@ def _refuse_misnamed_builtin(key: str) -> None:
     )
 
 
+def get_dataset_vocabulary(dataset_name: str) -> Vocabulary:
+    """The :class:`Vocabulary` of a dataset registered by this plugin (names, synonyms where
+    known, base/novel flags, frequency), read from its metadata.
+
+    For datasets whose metadata comes from their JSON file (LVIS-format registrations), the
+    metadata is filled when the JSON exists; otherwise this loads the dataset first.
+    """
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    meta = MetadataCatalog.get(dataset_name)
+    if not hasattr(meta, "thing_class_splits"):
+        DatasetCatalog.get(dataset_name)  # fills lazily-set metadata (or raises FileNotFoundError)
+        from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    meta = MetadataCatalog.get(dataset_name)
+    if not hasattr(meta, "thing_class_splits"):
+        raise KeyError(
+            f"Dataset {dataset_name!r} has no base/novel flags ('thing_class_splits' metadata); "
+            "register it with ovdet_plugin.data (e.g. register_lvis_format_dataset)."
+        )
+    names = meta.thing_classes
+    synonyms = meta.get("thing_class_synonyms") or [(n,) for n in names]
+    return Vocabulary(
+        names=tuple(names),
+        synonyms=tuple(tuple(s) for s in synonyms),
+        splits=tuple(meta.thing_class_splits),
+        frequency=tuple(meta.get("thing_class_frequency") or [""] * len(names)),
+        source=meta.get("vocabulary_source", dataset_name),
+    )
+
+
 def load_vocabulary(spec) -> Vocabulary:
     """Turn a vocabulary spec into a :class:`Vocabulary`.
 
@@ -279,8 +318,6 @@ def load_vocabulary(spec) -> Vocabulary:
         raise TypeError(f"A vocabulary spec must be a string or a list of names, got {type(spec)}")
     key = spec.strip()
     if key.startswith("dataset:"):  # the classes and flags of a registered dataset
-        from .data import get_dataset_vocabulary
-
         return get_dataset_vocabulary(key[len("dataset:") :].strip())
     if key.lower() in BUILTIN_VOCABULARIES:
         return BUILTIN_VOCABULARIES[key.lower()]()

@@ -8,18 +8,16 @@ import torch
 import torch.nn.functional as F
 
 from ovdet_plugin.clip import build_clip_model
+from ovdet_plugin.clip.crops import crop_pixels, enlarge_boxes, pixel_boxes, resize_max_size
 from ovdet_plugin.pretraining.clipself import (
     CLIPSelfImageDataset,
     CLIPSelfModel,
     clipself_loss,
-    crop_regions,
     ensemble_state_dict,
     grid_choices,
     load_proposals,
-    resize_max_size,
     roi_features,
     sample_grid_boxes,
-    scale_boxes,
 )
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -60,7 +58,7 @@ def test_grid_cells_tile_the_image_and_crops_cover_them_exactly():
             50, 30, max_boxes=36, generator=torch.Generator().manual_seed(seed)
         )
         cover = torch.zeros(30, 50, dtype=torch.int64)
-        for crop, (x0, y0, x1, y1) in zip(crop_regions(img, boxes), boxes.int().tolist()):
+        for crop, (x0, y0, x1, y1) in zip(crop_pixels(img, boxes), boxes.int().tolist()):
             assert torch.equal(crop, img[:, y0:y1, x0:x1])
             cover[y0:y1, x0:x1] += 1
         assert (cover == 1).all()  # every pixel in exactly one cell
@@ -68,11 +66,15 @@ def test_grid_cells_tile_the_image_and_crops_cover_them_exactly():
 
 def test_teacher_crop_scale_and_resize_pad():
     boxes = torch.tensor([[10.0, 10.0, 20.0, 30.0]])
-    same = scale_boxes(boxes, 1.0, 100, 100)
+
+    def scale_boxes(b, scale):
+        return pixel_boxes(enlarge_boxes(b, scale, width=100, height=100), width=100, height=100)
+
+    same = scale_boxes(boxes, 1.0)
     assert torch.equal(same, boxes)
-    big = scale_boxes(boxes, 1.5, 100, 100)
+    big = scale_boxes(boxes, 1.5)
     torch.testing.assert_close(big, torch.tensor([[7.0, 5.0, 23.0, 35.0]]))  # 1.5x about the centre
-    clipped = scale_boxes(torch.tensor([[0.0, 0.0, 10.0, 10.0]]), 1.5, 100, 100)
+    clipped = scale_boxes(torch.tensor([[0.0, 0.0, 10.0, 10.0]]), 1.5)
     assert clipped[0, :2].tolist() == [0.0, 0.0]
     # long side resized to the tower size, centred zero padding
     crop = torch.ones(3, 10, 20)

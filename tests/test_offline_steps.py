@@ -173,11 +173,8 @@ def test_parts_resume_across_process_counts_and_skipped_images_train_without_dis
     import cv2
     from detectron2.data import transforms as T
 
-    from ovdet_plugin.data.vild_embeddings import (
-        OVDDatasetMapper,
-        ViLDEmbeddingWriter,
-        merge_index_parts,
-    )
+    from ovdet_plugin.data.dataset_mapper import OVDDatasetMapper
+    from ovdet_plugin.data.vild_embeddings import ViLDEmbeddingWriter, merge_index_parts
 
     out = str(tmp_path / "emb")
     for rank, image_id in ((0, 1), (1, 2)):  # two processes, killed before the merge

@@ -233,3 +233,41 @@ def test_bad_fusion_settings_fail_when_the_model_is_built(opts, message):
 def test_old_vild_ensemble_keys_name_their_replacement():
     with pytest.raises(KeyError, match="VILD.ENSEMBLE was renamed to MODEL.OVD.VLM_SCORER.NAME"):
         build("tiny_vild", "MODEL.OVD.VILD.ENSEMBLE", "True")
+
+
+def test_vocabularies_are_resolved_once_and_swaps_reuse_the_text_tower(monkeypatch):
+    """Issue 12: the build resolves MODEL.OVD.*_VOCABULARY once and hands the pair to the
+    predictor; a swap encodes with the build's text encoder, so no second CLIP is built."""
+    from ovdet_plugin.clip import text_embeddings
+    from ovdet_plugin.modeling.roi_heads import ov_predictor
+    from ovdet_plugin.modeling.vocabulary_swap import get_test_vocabulary
+
+    loads, clips = [], []
+    load, build_clip = ov_predictor.load_vocabulary, text_embeddings.build_clip_model
+    monkeypatch.setattr(ov_predictor, "load_vocabulary", lambda s: loads.append(s) or load(s))
+    monkeypatch.setattr(
+        text_embeddings, "build_clip_model", lambda *a: clips.append(a) or build_clip(*a)
+    )
+    model, _ = build("tiny_fvlm")
+    assert loads == ["coco"] and len(clips) == 1  # train vocabulary once; one text tower
+    clf = model.roi_heads.text_classifier
+    assert get_test_vocabulary(model) is clf.train_vocabulary and len(clf.train_vocabulary) == 80
+    vocab = ovdet_plugin.set_vocabulary(model, "cat, remote control, sofa")  # no cfg needed
+    assert len(clips) == 1 and get_test_vocabulary(model) is vocab
+    assert clf.test_base_mask.tolist() == [False] * 3
+
+
+def test_vocabulary_module_does_not_import_the_data_package():
+    """No import loop: ``ovdet_plugin.data`` imports ``vocabulary``, never the reverse."""
+    import ast
+    import inspect
+
+    import ovdet_plugin.vocabulary as vocabulary_module
+
+    tree = ast.parse(inspect.getsource(vocabulary_module))
+    imported = [
+        node.module or ""
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.level > 0
+    ]
+    assert not [m for m in imported if m == "data" or m.startswith("data.")], imported

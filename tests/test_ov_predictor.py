@@ -17,6 +17,7 @@ from ovdet_plugin.modeling.roi_heads.ov_predictor import (
     weighted_background_ce,
 )
 from ovdet_plugin.modeling.roi_heads.vild import vild_distillation_loss
+from ovdet_plugin.vocabulary import Vocabulary
 
 EMB = F.normalize(torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]), dim=1)  # K = 2, D = 3
 BASE = torch.tensor([True, False])
@@ -70,13 +71,16 @@ def test_novel_masks():
 
 def test_train_and_test_vocabularies():
     clf = _classifier()
-    clf.set_test_embeddings(torch.randn(5, 3), None)
+    clf.set_vocabulary(Vocabulary.from_names(list("abcde")), torch.randn(5, 3))
     clf.train()
     assert clf.num_classes == 2 and clf.base_mask.tolist() == [True, False]
     clf.eval()
     assert clf.num_classes == 5 and not clf.base_mask.any()  # custom vocabulary: all novel
     with pytest.raises(ValueError, match=r"expects \(K, 3\).*another width"):
-        clf.set_test_embeddings(torch.randn(4, 8), None)
+        clf.set_vocabulary(Vocabulary.from_names(list("abcd")), torch.randn(4, 8))
+    with pytest.raises(ValueError, match="3 text embeddings for 4 classes"):
+        clf.set_vocabulary(Vocabulary.from_names(list("abcd")), torch.randn(3, 3))
+    assert clf.test_vocabulary.names == tuple("abcde")  # a refused swap changes nothing
     assert "test_embeddings" not in clf.state_dict()  # checkpoints never carry vocabularies
 
 

@@ -15,8 +15,8 @@ from PIL import Image
 
 import ovdet_plugin
 from ovdet_plugin.clip import build_clip_model
+from ovdet_plugin.engine.pretrain import argument_parser, clipself_main, rovit_main
 from ovdet_plugin.pretraining.clipself import ensemble_state_dict
-from ovdet_plugin.pretraining.engine import argument_parser, clipself_main, rovit_main
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

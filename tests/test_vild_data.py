@@ -16,12 +16,9 @@ from detectron2.data import transforms as T
 from detectron2.structures import BoxMode
 
 from ovdet_plugin.clip import build_clip_model
+from ovdet_plugin.data.dataset_mapper import OVDDatasetMapper
 from ovdet_plugin.data.synthetic.generator import generate_synthetic_dataset
-from ovdet_plugin.data.vild_embeddings import (
-    OVDDatasetMapper,
-    ViLDEmbeddingStore,
-    ViLDEmbeddingWriter,
-)
+from ovdet_plugin.data.vild_embeddings import ViLDEmbeddingStore, ViLDEmbeddingWriter
 
 
 def test_writer_and_store_roundtrip_and_resume(tmp_path):

@@ -6,14 +6,15 @@
         MODEL.WEIGHTS output/fvlm/model_final.pth MODEL.DEVICE cpu
 
 --input takes image files and/or folders (every .jpg/.jpeg/.png/.bmp inside); one PNG per image is
-written to --output (``name.png``; ``name_2.png``, ... when two inputs share a name). The vocabulary
-is swapped into the built model (``ovdet_plugin.set_vocabulary``): no rebuild, no NUM_CLASSES to
-edit. Runs on CPU or GPU (MODEL.DEVICE).
+written to --output (``name.png``; ``name_2.png``, ... when two inputs share a name). A --vocabulary
+other than the config's is swapped into the built model (``ovdet_plugin.set_vocabulary``, with the
+text tower of the build): no rebuild, no second CLIP, no NUM_CLASSES to edit. Runs on CPU or GPU
+(MODEL.DEVICE).
 
 Checked before the model is built: MODEL.WEIGHTS is set (or --random-weights), the device exists,
 --output is writable, every input exists. An unreadable image is reported and skipped; the exit
-code is then 1. A typed --vocabulary is encoded even when MODEL.OVD.TEXT.EMBEDDINGS_FILE is set
-(that file holds the config's vocabulary).
+code is then 1. A typed --vocabulary other than the training one is encoded even when
+MODEL.OVD.TEXT.EMBEDDINGS_FILE is set (that file holds the training vocabulary's rows only).
 """
 
 import argparse
@@ -38,6 +39,7 @@ from ovdet_plugin.data.datasets import (
     register_datasets_from_config,
 )
 from ovdet_plugin.engine.checks import check_device, check_writable_dir
+from ovdet_plugin.modeling.vocabulary_swap import get_test_vocabulary
 from ovdet_plugin.vocabulary import load_vocabulary
 
 # a config override key such as MODEL.WEIGHTS (what follows --input by mistake)
@@ -135,20 +137,21 @@ def main(argv=None):
     check_device(cfg.MODEL.DEVICE)
     check_writable_dir(args.output, "--output")
     register_datasets_from_config(cfg)  # the vocabulary may be "dataset:NAME"
-    spec = args.vocabulary or cfg.MODEL.OVD.TEST_VOCABULARY or cfg.MODEL.OVD.TRAIN_VOCABULARY
-    config_spec = cfg.MODEL.OVD.TEST_VOCABULARY or cfg.MODEL.OVD.TRAIN_VOCABULARY
-    if args.vocabulary and cfg.MODEL.OVD.TEXT.EMBEDDINGS_FILE:
-        if load_vocabulary(spec).names != load_vocabulary(config_spec).names:
+    typed = load_vocabulary(args.vocabulary) if args.vocabulary else None
+    cfg.freeze()
+    predictor = DefaultPredictor(cfg)
+    # the build resolved and encoded the config's vocabulary; swap only for another one, with
+    # the text encoder of the build (no second CLIP)
+    vocabulary = get_test_vocabulary(predictor.model)
+    if typed is not None and typed.names != vocabulary.names:
+        if cfg.MODEL.OVD.TEXT.EMBEDDINGS_FILE:
             # the file holds the config's classes: its rows must not be drawn under new names
             logger.warning(
                 "--vocabulary differs from the config's vocabulary: encoding it with "
                 "MODEL.OVD.CLIP instead of reading MODEL.OVD.TEXT.EMBEDDINGS_FILE %s.",
                 cfg.MODEL.OVD.TEXT.EMBEDDINGS_FILE,
             )
-            cfg.MODEL.OVD.TEXT.EMBEDDINGS_FILE = ""
-    cfg.freeze()
-    predictor = DefaultPredictor(cfg)
-    vocabulary = ovdet_plugin.set_vocabulary(predictor.model, spec, cfg)
+        vocabulary = ovdet_plugin.set_vocabulary(predictor.model, typed)
     key = hashlib.sha1("\n".join(vocabulary.names).encode()).hexdigest()[:12]
     metadata = MetadataCatalog.get(f"__ovdet_demo_{key}")
     if not metadata.get("thing_classes"):

@@ -30,7 +30,6 @@ import os
 import time
 
 import torch
-import torch.nn.functional as F
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog
 from detectron2.data import detection_utils as utils
@@ -40,11 +39,11 @@ from detectron2.modeling import build_model
 from detectron2.structures import BoxMode
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
-from torchvision.ops import roi_align
 from tqdm import tqdm
 
 import ovdet_plugin
-from ovdet_plugin.clip import build_clip_model, clip_image_size
+from ovdet_plugin.clip import build_clip_model
+from ovdet_plugin.clip.crops import crop_embeddings
 from ovdet_plugin.data.datasets import (
     add_dataset_arguments,
     merge_dataset_arguments,
@@ -56,44 +55,6 @@ from ovdet_plugin.data.vild_embeddings import (
     merge_index_parts,
 )
 from ovdet_plugin.engine import add_launch_arguments, launch_main
-from ovdet_plugin.pretraining.caption_data import CLIP_MEAN, CLIP_STD
-
-
-def scaled_boxes(boxes: torch.Tensor, scale: float, height: int, width: int) -> torch.Tensor:
-    """(M, 4) XYXY boxes enlarged by ``scale`` around their centres, clipped to the image."""
-    centre = (boxes[:, :2] + boxes[:, 2:]) / 2
-    half = (boxes[:, 2:] - boxes[:, :2]) * scale / 2
-    out = torch.cat([centre - half, centre + half], dim=1)
-    out[:, 0::2] = out[:, 0::2].clamp(0, width)
-    out[:, 1::2] = out[:, 1::2].clamp(0, height)
-    return out
-
-
-@torch.no_grad()
-def crop_embeddings(clip_model, image: torch.Tensor, boxes: torch.Tensor, scales, batch_size=64):
-    """CLIP embeddings of box crops.
-
-    Args:
-        image: (3, H, W) float RGB in [0, 1]; boxes: (M, 4) XYXY pixels.
-    Returns:
-        (M, D) L2-normalised: per scale, crop -> resize to the tower's input -> encode -> normalise;
-        then the mean over scales, renormalised (ViLD's 1x + 1.5x ensemble).
-    """
-    size = clip_image_size(clip_model)
-    mean = image.new_tensor(CLIP_MEAN).view(1, 3, 1, 1)
-    std = image.new_tensor(CLIP_STD).view(1, 3, 1, 1)
-    h, w = image.shape[1:]
-    total = 0
-    for scale in scales:
-        rois = scaled_boxes(boxes, scale, h, w)
-        parts = []
-        for start in range(0, len(rois), batch_size):
-            chunk = rois[start : start + batch_size]
-            index = torch.zeros(len(chunk), 1, dtype=chunk.dtype, device=chunk.device)
-            crops = roi_align(image[None], torch.cat([index, chunk], 1), size, 1.0, 2, True)
-            parts.append(F.normalize(clip_model.encode_image((crops - mean) / std).float(), dim=1))
-        total = total + torch.cat(parts)
-    return F.normalize(total, dim=1)
 
 
 def proposals_from_model(model, resize, image, device) -> torch.Tensor:

@@ -10,7 +10,7 @@ rovit_clip_final.pt (the open_clip state dict), metrics.json, tensorboard events
 """
 
 from ovdet_plugin.engine import launch_main
-from ovdet_plugin.pretraining.engine import argument_parser, rovit_main
+from ovdet_plugin.engine.pretrain import argument_parser, rovit_main
 
 if __name__ == "__main__":
     args = argument_parser(__doc__.splitlines()[0]).parse_args()

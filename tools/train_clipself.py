@@ -10,7 +10,7 @@ MODEL.OVD.BACKBONE.PRETRAINED: OUTPUT_DIR/clipself_final.pt.
 """
 
 from ovdet_plugin.engine import launch_main
-from ovdet_plugin.pretraining.engine import argument_parser, clipself_main
+from ovdet_plugin.engine.pretrain import argument_parser, clipself_main
 
 if __name__ == "__main__":
     args = argument_parser(__doc__.splitlines()[0]).parse_args()

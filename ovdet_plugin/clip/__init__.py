@@ -1,5 +1,7 @@
-"""CLIP side of the plugin: open_clip loading, prompts, text classifiers and their cache."""
+"""CLIP side of the plugin: open_clip loading, normalisation constants, box crops encoded by CLIP,
+prompts, text classifiers and their cache."""
 
+from .constants import CLIP_MEAN, CLIP_PIXEL_MEAN, CLIP_PIXEL_STD, CLIP_STD  # noqa: F401
 from .loading import (  # noqa: F401  (importing registers the tiny model configs)
     TINY_MODEL_NAMES,
     build_clip_model,

@@ -24,89 +24,28 @@ It also makes runs safe to kill and resume, and checks its inputs first:
 
 import json
 import os
-from functools import partial
 
-import torch
 from detectron2.data import build_detection_train_loader
 from detectron2.data.build import _train_loader_from_config
 from detectron2.data.samplers import TrainingSampler
-from detectron2.engine import DefaultTrainer, default_setup, launch
-from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
+from detectron2.engine import DefaultTrainer
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
-from detectron2.utils.logger import setup_logger
 
-from ..config import get_ovdet_cfg
-from ..data.datasets.custom import merge_dataset_arguments, register_datasets_from_config
-from ..data.vild_embeddings import OVDDatasetMapper
+from ..data.dataset_mapper import OVDDatasetMapper
 from ..evaluation import build_ov_evaluator
-from ..modeling.backbone.utils import get_vit_lr_decay_rate
-from ..pretraining.trainer import InfiniteShardedSampler, get_seed, step_seed
 from ..utils.atomic_io import atomic_write_path
 from ..utils.checkpoint import AtomicCheckpointer
-from .checks import check_device, check_vocabulary_matches_dataset, check_writable_dir
+from .checks import check_vocabulary_matches_dataset
+from .optimizer import build_ovdet_optimizer
+from .setup import check_ovdet_cfg
+from .train_loop import InfiniteShardedSampler, get_seed, step_seed
 
-__all__ = [
-    "EVAL_RESULTS_FILE",
-    "OVDTrainer",
-    "build_ovdet_optimizer",
-    "check_ovdet_cfg",
-    "launch_main",
-    "setup_ovdet_cfg",
-]
+__all__ = ["EVAL_RESULTS_FILE", "OVDTrainer"]
 
 # Written by OVDTrainer.test under OUTPUT_DIR: {dataset: {task: {metric: value}}} (or, for a single
 # test dataset, Detectron2's {task: {metric: value}}).
 EVAL_RESULTS_FILE = "eval_results.json"
-
-# Parameters never weight-decayed: the learnable temperatures (F-VLM excludes t, METHODS 2.2).
-_NO_DECAY = {"inverse_temperature": {"weight_decay": 0.0}, "logit_scale": {"weight_decay": 0.0}}
-
-
-def _vit_depth(model: torch.nn.Module) -> int:
-    for module in model.modules():
-        resblocks = getattr(getattr(module, "transformer", None), "resblocks", None)
-        if resblocks is not None and hasattr(module, "conv1"):
-            return len(resblocks)
-    return 0
-
-
-def build_ovdet_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """SGD (momentum ``SOLVER.MOMENTUM``) or AdamW (``MODEL.OVD.SOLVER.OPTIMIZER``) over the
-    trainable parameters, with Detectron2's per-group settings and gradient clipping."""
-    lr_factor_func = None
-    rate = cfg.MODEL.OVD.BACKBONE.LR_DECAY_RATE
-    depth = _vit_depth(model)
-    if rate != 1.0 and depth:
-        lr_factor_func = partial(get_vit_lr_decay_rate, lr_decay_rate=rate, num_layers=depth)
-    params = get_default_optimizer_params(
-        model,
-        base_lr=cfg.SOLVER.BASE_LR,
-        weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
-        bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
-        weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
-        lr_factor_func=lr_factor_func,
-        overrides=_NO_DECAY,
-    )
-    name = cfg.MODEL.OVD.SOLVER.OPTIMIZER.upper()
-    if name == "SGD":
-        opt_class = torch.optim.SGD
-        kwargs = {"momentum": cfg.SOLVER.MOMENTUM, "nesterov": cfg.SOLVER.NESTEROV}
-    elif name == "ADAMW":
-        opt_class = torch.optim.AdamW
-        kwargs = {"betas": tuple(cfg.MODEL.OVD.SOLVER.BETAS)}
-    else:
-        raise ValueError(f"MODEL.OVD.SOLVER.OPTIMIZER must be 'SGD' or 'AdamW', got {name!r}")
-    return maybe_add_gradient_clipping(cfg, opt_class)(
-        params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY, **kwargs
-    )
-
-
-def check_ovdet_cfg(cfg) -> None:
-    """The checks that need no data or model: ``MODEL.DEVICE`` exists here and ``OUTPUT_DIR``
-    is writable (created if needed). Raise with the fix."""
-    check_device(cfg.MODEL.DEVICE)
-    check_writable_dir(cfg.OUTPUT_DIR, "OUTPUT_DIR")
 
 
 class OVDTrainer(DefaultTrainer):
@@ -194,33 +133,3 @@ class OVDTrainer(DefaultTrainer):
         self._trainer._data_loader_iter
         seed_all_rng(step_seed(get_seed(self.cfg), self.iter, comm.get_rank()) % 2**31)
         self._trainer.run_step()
-
-
-def setup_ovdet_cfg(args):
-    """``get_cfg`` + ``add_ovdet_config`` + the config file + command-line overrides (and the
-    ``--register-dataset`` specs, appended to ``MODEL.OVD.CUSTOM_DATASETS``), then
-    :func:`check_ovdet_cfg`, Detectron2's ``default_setup`` (logging, output folder, seed), then
-    the registration of those datasets. Every tool calls it inside each ``launch`` worker, so
-    the registrations exist in every process. Returns the frozen config."""
-    cfg = merge_dataset_arguments(get_ovdet_cfg(args.config_file, args.opts), args)
-    cfg.freeze()
-    check_ovdet_cfg(cfg)  # before default_setup writes into OUTPUT_DIR
-    default_setup(cfg, args)
-    # the plugin's own INFO lines (CLIP weights loaded, datasets registered) on the console and
-    # in OUTPUT_DIR/log.txt, like Detectron2's (default_setup sets up "detectron2" and "fvcore")
-    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="ovdet_plugin")
-    register_datasets_from_config(cfg)
-    return cfg
-
-
-def launch_main(main, args) -> None:
-    """Run ``main(args)`` through Detectron2's ``launch`` with the parsed ``--num-gpus``,
-    ``--num-machines``, ``--machine-rank`` and ``--dist-url`` (DDP; gloo without a GPU)."""
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )

@@ -28,9 +28,10 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.utils import comm
-from open_clip import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
+
+from ..clip.constants import CLIP_MEAN, CLIP_STD
 
 __all__ = [
     "CaptionDataset",
@@ -45,9 +46,6 @@ logger = logging.getLogger(__name__)
 _IMAGE_KEYS = ("path", "filepath", "image", "file_name", "image_path")
 _CAPTION_KEYS = ("caption", "text", "title")
 _IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp")
-# CLIP's image normalisation (RGB, 0-1 pixels), as open_clip defines it.
-CLIP_MEAN = OPENAI_DATASET_MEAN
-CLIP_STD = OPENAI_DATASET_STD
 
 
 def _pick(record: Dict, keys: Sequence[str], what: str, where: str) -> str:

@@ -26,10 +26,10 @@ from torch import nn
 from torch.utils.data import Dataset
 from torchvision.ops import roi_align
 
+from ..clip.crops import normalize_for_clip, padded_crops
 from ..clip.dense import DenseCLIPViT
 from ..clip.loading import build_clip_model, clip_image_size
 from ..utils.atomic_io import atomic_write_path
-from .caption_data import CLIP_MEAN, CLIP_STD
 
 __all__ = [
     "CLIPSelfImageDataset",
@@ -37,15 +37,12 @@ __all__ = [
     "ExportEnsembleHook",
     "clipself_loss",
     "collate_images",
-    "crop_regions",
     "ensemble_state_dict",
     "grid_choices",
     "list_training_images",
     "load_proposals",
-    "resize_max_size",
     "roi_features",
     "sample_grid_boxes",
-    "scale_boxes",
 ]
 
 logger = logging.getLogger(__name__)
@@ -91,43 +88,6 @@ def sample_grid_boxes(
     )
     order = torch.randperm(len(boxes), generator=generator)[:max_boxes]
     return boxes[order]
-
-
-def scale_boxes(boxes: torch.Tensor, scale: float, width: int, height: int) -> torch.Tensor:
-    """Enlarge (K, 4) XYXY boxes ``scale`` times about their centres, clipped to the image, with
-    integer (outward-rounded) edges. ``scale`` 1.5 is the proposal variant's teacher crop."""
-    if scale != 1.0:
-        c = 0.5 * (boxes[:, :2] + boxes[:, 2:])
-        half = 0.5 * scale * (boxes[:, 2:] - boxes[:, :2])
-        boxes = torch.cat([c - half, c + half], dim=1)
-    x0 = boxes[:, 0].floor().clamp(0, width - 1)
-    y0 = boxes[:, 1].floor().clamp(0, height - 1)
-    x1 = torch.maximum(boxes[:, 2].ceil().clamp(max=width), x0 + 1)
-    y1 = torch.maximum(boxes[:, 3].ceil().clamp(max=height), y0 + 1)
-    return torch.stack([x0, y0, x1, y1], dim=1)
-
-
-def crop_regions(image: torch.Tensor, boxes: torch.Tensor) -> List[torch.Tensor]:
-    """Pixel crops ``image[:, y0:y1, x0:x1]`` of integer-valued (K, 4) boxes (views)."""
-    return [image[:, int(y0) : int(y1), int(x0) : int(x1)] for x0, y0, x1, y1 in boxes.tolist()]
-
-
-def resize_max_size(crop: torch.Tensor, size: int) -> torch.Tensor:
-    """open_clip ``ResizeMaxSize``: long side to ``size`` (bicubic, antialiased), centred zero pad
-    to ``size`` x ``size`` (METHODS 3.3). Input/output in [0, 1] pixel units, (3, h, w)."""
-    h, w = crop.shape[-2:]
-    scale = size / max(h, w)
-    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    out = F.interpolate(crop[None].float(), size=(nh, nw), mode="bicubic", antialias=True)
-    out = out[0].clamp(0, 1)
-    pad_h, pad_w = size - nh, size - nw
-    return F.pad(out, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
-
-
-def _normalize(x: torch.Tensor) -> torch.Tensor:
-    mean = x.new_tensor(CLIP_MEAN).view(-1, 1, 1)
-    std = x.new_tensor(CLIP_STD).view(-1, 1, 1)
-    return (x - mean) / std
 
 
 def roi_features(dense: torch.Tensor, boxes: Sequence[torch.Tensor], stride: int) -> torch.Tensor:
@@ -289,11 +249,10 @@ class CLIPSelfModel(nn.Module):
 
     def teacher_inputs(self, image: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
         """(K, 3, T, T) CLIP-normalised teacher crops of one [0, 1] image (METHODS 3.3-3.4)."""
-        h, w = image.shape[-2:]
         if len(boxes) == 0:
             return image.new_zeros(0, 3, self.teacher_size, self.teacher_size)
-        crops = crop_regions(image, scale_boxes(boxes, self.teacher_crop_scale, w, h))
-        return torch.stack([_normalize(resize_max_size(c, self.teacher_size)) for c in crops])
+        crops = padded_crops(image, boxes, self.teacher_size, self.teacher_crop_scale)
+        return normalize_for_clip(crops)
 
     def forward(self, batch: List[Dict]) -> Dict[str, torch.Tensor]:
         device = self.clip.logit_scale.device
@@ -313,7 +272,7 @@ class CLIPSelfModel(nn.Module):
         for i, s in enumerate(samples):  # pad bottom-right to S x S (METHODS 3.3)
             h, w = s["image"].shape[-2:]
             images[i, :, :h, :w] = s["image"]
-        dense = self.student(_normalize(images))  # (B, D, S/p, S/p)
+        dense = self.student(normalize_for_clip(images))  # (B, D, S/p, S/p)
         if sum(len(b) for b in boxes) == 0:
             return {"loss_clipself": dense.sum() * 0}
         student = roi_features(dense, boxes, self.student.patch_size[0])

@@ -9,7 +9,7 @@ from typing import Dict, Iterable, List, Optional, Sequence
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from ...vocabulary import BASE, Vocabulary
+from ...vocabulary import BASE, Vocabulary, get_dataset_vocabulary  # noqa: F401 (re-export)
 
 __all__ = [
     "datasets_root",
@@ -75,33 +75,6 @@ def ov_metadata(vocab: Vocabulary, dataset_ids: Sequence[int]) -> Dict[str, obje
         "thing_class_frequency": list(vocab.frequency),
         "vocabulary_source": vocab.source,
     }
-
-
-def get_dataset_vocabulary(dataset_name: str) -> Vocabulary:
-    """The :class:`Vocabulary` of a dataset registered by this plugin (names, synonyms where
-    known, base/novel flags, frequency), read from its metadata.
-
-    For datasets whose metadata comes from their JSON file (LVIS-format registrations), the
-    metadata is filled when the JSON exists; otherwise this loads the dataset first.
-    """
-    meta = MetadataCatalog.get(dataset_name)
-    if not hasattr(meta, "thing_class_splits"):
-        DatasetCatalog.get(dataset_name)  # fills lazily-set metadata (or raises FileNotFoundError)
-        meta = MetadataCatalog.get(dataset_name)
-    if not hasattr(meta, "thing_class_splits"):
-        raise KeyError(
-            f"Dataset {dataset_name!r} has no base/novel flags ('thing_class_splits' metadata); "
-            "register it with ovdet_plugin.data (e.g. register_lvis_format_dataset)."
-        )
-    names = meta.thing_classes
-    synonyms = meta.get("thing_class_synonyms") or [(n,) for n in names]
-    return Vocabulary(
-        names=tuple(names),
-        synonyms=tuple(tuple(s) for s in synonyms),
-        splits=tuple(meta.thing_class_splits),
-        frequency=tuple(meta.get("thing_class_frequency") or [""] * len(names)),
-        source=meta.get("vocabulary_source", dataset_name),
-    )
 
 
 def register_or_replace(name: str, loader, metadata: Optional[Dict] = None) -> None:

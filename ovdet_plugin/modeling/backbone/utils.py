@@ -1,5 +1,6 @@
 """Shared helpers of the CLIP backbones: building the vision tower from a config, freezing it,
-CLIP's normalisation constants, and the layer-wise learning-rate decay of a fine-tuned ViT."""
+the check of CLIP's pixel normalisation, and the layer-wise learning-rate decay of a fine-tuned ViT.
+"""
 
 import logging
 import math
@@ -7,9 +8,9 @@ import re
 from typing import Tuple
 
 import numpy as np
-from open_clip import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch import nn
 
+from ...clip.constants import CLIP_PIXEL_MEAN, CLIP_PIXEL_STD
 from ...clip.loading import build_clip_model
 
 __all__ = [
@@ -25,11 +26,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-# CLIP's image normalisation (open_clip OPENAI_DATASET_MEAN / STD, RGB) times 255, because
-# Detectron2 feeds 0-255 pixels: MODEL.PIXEL_MEAN / PIXEL_STD with INPUT.FORMAT "RGB".
-CLIP_PIXEL_MEAN: Tuple[float, float, float] = tuple(255.0 * m for m in OPENAI_DATASET_MEAN)
-CLIP_PIXEL_STD: Tuple[float, float, float] = tuple(255.0 * s for s in OPENAI_DATASET_STD)
 
 
 # Key of the extra backbone output that carries the frozen CLIP tower's own map (CLIP ResNet: C5

@@ -9,8 +9,10 @@ Box regression is Detectron2's own (class-agnostic with ``CLS_AGNOSTIC_BBOX_REG`
 
 The predictor holds two vocabularies: the training one (used while ``self.training``) and the
 test one (used in eval mode; ``MODEL.OVD.TEST_VOCABULARY``, or swapped at any time with
-:meth:`set_test_vocabulary`). Both are non-persistent buffers: checkpoints never carry text
-embeddings, so a model trained on one vocabulary loads and predicts with any other.
+:meth:`TextClassifier.set_vocabulary`, the one owner of a swap). Both are non-persistent buffers:
+checkpoints never carry text embeddings, so a model trained on one vocabulary loads and predicts
+with any other. The vocabularies are resolved once, when the ROI heads are built
+(:func:`resolve_vocabularies`), and passed down to the classifier.
 """
 
 import logging
@@ -62,6 +64,9 @@ class TextClassifier(nn.Module):
         temperature: float = 100.0,
         learn_temperature: str = "none",
         novel_mask: str = "none",
+        train_vocabulary: Optional[Vocabulary] = None,
+        test_vocabulary: Optional[Vocabulary] = None,
+        text_encoder: Optional[VocabularyEncoder] = None,
     ):
         """
         Args:
@@ -75,8 +80,17 @@ class TextClassifier(nn.Module):
             learn_temperature: "none", "inverse" (F-VLM) or "scale" (F-ViT).
             novel_mask: training-time treatment of novel-class logits: "none", "zero" (multiply
                 by 0, ViLD ``mask_rare``, METHODS 1.3) or "neg_inf" (F-ViT, METHODS 3.8).
+            train_vocabulary, test_vocabulary: the :class:`Vocabulary` the rows stand for (the
+                test one defaults to the training one); ``None`` when built from bare tensors.
+            text_encoder: the :class:`VocabularyEncoder` that encoded them, kept so that a later
+                swap (:func:`ovdet_plugin.set_vocabulary`) reuses its text tower instead of
+                building a second CLIP. It is a plain attribute: not in ``state_dict``, not moved
+                by ``.to()``.
         """
         super().__init__()
+        self.train_vocabulary = train_vocabulary
+        self.test_vocabulary = test_vocabulary if test_vocabulary is not None else train_vocabulary
+        self.text_encoder = text_encoder
         dim = train_embeddings.shape[1]
         self.embed_dim = dim
         self.background = _check_choice(
@@ -96,7 +110,7 @@ class TextClassifier(nn.Module):
         self.register_buffer("test_embeddings", self.train_embeddings.clone(), False)
         self.register_buffer("test_base_mask", self.train_base_mask.clone(), False)
         if test_embeddings is not None:
-            self.set_test_embeddings(test_embeddings, test_base_mask)
+            self._set_test_embeddings(test_embeddings, test_base_mask)
         if background == "learned":
             self.bg_embedding = nn.Parameter(torch.randn(1, dim) * 0.01)  # ViLD: N(0, 0.01)
         else:
@@ -112,8 +126,23 @@ class TextClassifier(nn.Module):
             self.logit_scale = nn.Parameter(torch.tensor(float(temperature)))  # s, init T (F-ViT)
 
     # ---- vocabulary ------------------------------------------------------------------------
-    def set_test_embeddings(self, embeddings: torch.Tensor, base_mask: Optional[torch.Tensor]):
-        """Replace the test vocabulary. (K', D) embeddings; (K',) base mask (default: all novel)."""
+    def set_vocabulary(self, vocabulary: Vocabulary, embeddings: torch.Tensor) -> None:
+        """Make ``vocabulary`` the test vocabulary (eval mode); training is unaffected.
+
+        Args:
+            vocabulary: the :class:`Vocabulary` (its base/novel flags become the test base mask).
+            embeddings: (K', D) its class embeddings, K' = ``len(vocabulary)``.
+        """
+        if embeddings.shape[0] != len(vocabulary):
+            raise ValueError(
+                f"{embeddings.shape[0]} text embeddings for {len(vocabulary)} classes "
+                f"(vocabulary {vocabulary.source!r}): encode exactly this vocabulary."
+            )
+        self._set_test_embeddings(embeddings, torch.tensor(vocabulary.base_mask, dtype=torch.bool))
+        self.test_vocabulary = vocabulary
+
+    def _set_test_embeddings(self, embeddings: torch.Tensor, base_mask: Optional[torch.Tensor]):
+        """(K', D) test embeddings; (K',) base mask (default: all novel)."""
         if embeddings.ndim != 2 or embeddings.shape[1] != self.embed_dim:
             raise ValueError(
                 f"Text embeddings of shape {tuple(embeddings.shape)} do not fit this head, which "
@@ -265,7 +294,9 @@ def weighted_background_ce(logits: torch.Tensor, gt_classes: torch.Tensor, bg_we
 
 
 def resolve_vocabularies(cfg, vocabularies=None):
-    """(train, test) vocabularies from ``MODEL.OVD.TRAIN/TEST_VOCABULARY``."""
+    """(train, test) vocabularies from ``MODEL.OVD.TRAIN/TEST_VOCABULARY`` (the test one is the
+    training one when ``TEST_VOCABULARY`` is ""); ``vocabularies`` already resolved are returned
+    as they are. The ROI heads call it once and pass the pair down."""
     if vocabularies is not None:
         return vocabularies
     train = load_vocabulary(cfg.MODEL.OVD.TRAIN_VOCABULARY)
@@ -299,8 +330,10 @@ def build_text_classifier_args(cfg, vocabularies=None) -> dict:
         temperature=c.TEMPERATURE,
         learn_temperature=c.LEARN_TEMPERATURE,
         novel_mask=c.NOVEL_MASK,
+        train_vocabulary=train_vocab,
+        test_vocabulary=test_vocab,
+        text_encoder=encoder,
     )
-    classifier.train_vocabulary, classifier.test_vocabulary = train_vocab, test_vocab
     return {
         "text_classifier": classifier,
         "projection_bias": c.PROJECTION_BIAS,

@@ -30,10 +30,16 @@ __all__ = ["OVROIHeads", "build_roi_heads_with_backbone", "config_with_vocabular
 logger = logging.getLogger(__name__)
 
 
-def config_with_vocabulary_classes(cfg):
+def config_with_vocabulary_classes(cfg, train_vocab=None):
     """A copy of ``cfg`` whose ``MODEL.ROI_HEADS.NUM_CLASSES`` is the training vocabulary's size:
-    NUM_CLASSES follows the vocabulary, so users never meet a shape mismatch."""
-    train_vocab, _ = resolve_vocabularies(cfg)
+    NUM_CLASSES follows the vocabulary, so users never meet a shape mismatch.
+
+    Args:
+        train_vocab: the resolved training :class:`Vocabulary`; None resolves
+            ``MODEL.OVD.TRAIN_VOCABULARY``.
+    """
+    if train_vocab is None:
+        train_vocab, _ = resolve_vocabularies(cfg)
     if cfg.MODEL.ROI_HEADS.NUM_CLASSES != len(train_vocab):
         logger.info(
             "MODEL.ROI_HEADS.NUM_CLASSES=%d follows the training vocabulary: %d classes (%s).",
@@ -140,8 +146,14 @@ class OVROIHeads(StandardROIHeads):
     @classmethod
     def from_config(cls, cfg, input_shape, backbone=None):
         """``backbone``: the detector's backbone, whose frozen CLIP tower the scorer shares."""
-        cfg = config_with_vocabulary_classes(cfg)
-        ret = super().from_config(cfg, input_shape)
+        vocabularies = resolve_vocabularies(cfg)  # once; the box predictor gets the same pair
+        cfg = config_with_vocabulary_classes(cfg, vocabularies[0])
+        # StandardROIHeads.from_config, with the vocabularies handed to the box head's builder
+        ret = super(StandardROIHeads, cls).from_config(cfg)
+        ret["train_on_pred_boxes"] = cfg.MODEL.ROI_BOX_HEAD.TRAIN_ON_PRED_BOXES
+        ret.update(cls._init_box_head(cfg, input_shape, vocabularies))
+        ret.update(cls._init_mask_head(cfg, input_shape))
+        ret.update(cls._init_keypoint_head(cfg, input_shape))
         f = cfg.MODEL.OVD.FUSION
         scorer = build_vlm_scorer(
             cfg,
@@ -162,9 +174,13 @@ class OVROIHeads(StandardROIHeads):
         return ret
 
     @classmethod
-    def _init_box_head(cls, cfg, input_shape):
+    def _init_box_head(cls, cfg, input_shape, vocabularies=None):
+        """Detectron2's box head, with :class:`OVFastRCNNOutputLayers` as the predictor.
+        ``vocabularies``: the resolved (train, test) pair (None: resolved from ``cfg``)."""
         ret = super()._init_box_head(cfg, input_shape)
-        ret["box_predictor"] = OVFastRCNNOutputLayers(cfg, ret["box_head"].output_shape)
+        ret["box_predictor"] = OVFastRCNNOutputLayers(
+            cfg, ret["box_head"].output_shape, vocabularies=vocabularies
+        )
         return ret
 
     @property

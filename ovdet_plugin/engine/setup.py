@@ -1,0 +1,56 @@
+"""The one setup of every tool: the config from ``--config-file``, the overrides and
+``--register-dataset``, the checks that need no data or model, Detectron2's ``default_setup``, the
+plugin's logger and the custom datasets' registration, in each ``launch`` worker.
+
+``tools/train_net.py``, the offline steps and the pretraining tools (RO-ViT, CLIPSelf) all call
+:func:`setup_ovdet_cfg`, so they check the same things the same way: a ``MODEL.DEVICE`` that does
+not exist here (e.g. "cuda" on a machine without a GPU) is refused with a message that names the
+fix, never silently replaced by the CPU.
+"""
+
+from detectron2.engine import default_setup, launch
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+from ..config import get_ovdet_cfg
+from ..data.datasets.custom import merge_dataset_arguments, register_datasets_from_config
+from .checks import check_device, check_writable_dir
+
+__all__ = ["check_ovdet_cfg", "launch_main", "setup_ovdet_cfg"]
+
+
+def check_ovdet_cfg(cfg) -> None:
+    """The checks that need no data or model: ``MODEL.DEVICE`` exists here and ``OUTPUT_DIR``
+    is writable (created if needed). Raise with the fix."""
+    check_device(cfg.MODEL.DEVICE)
+    check_writable_dir(cfg.OUTPUT_DIR, "OUTPUT_DIR")
+
+
+def setup_ovdet_cfg(args):
+    """``get_cfg`` + ``add_ovdet_config`` + the config file + command-line overrides (and the
+    ``--register-dataset`` specs, appended to ``MODEL.OVD.CUSTOM_DATASETS``), then
+    :func:`check_ovdet_cfg`, Detectron2's ``default_setup`` (logging, output folder, seed), then
+    the registration of those datasets. Every tool calls it inside each ``launch`` worker, so
+    the registrations exist in every process. Returns the frozen config."""
+    cfg = merge_dataset_arguments(get_ovdet_cfg(args.config_file, args.opts), args)
+    cfg.freeze()
+    check_ovdet_cfg(cfg)  # before default_setup writes into OUTPUT_DIR
+    default_setup(cfg, args)
+    # the plugin's own INFO lines (CLIP weights loaded, datasets registered) on the console and
+    # in OUTPUT_DIR/log.txt, like Detectron2's (default_setup sets up "detectron2" and "fvcore")
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="ovdet_plugin")
+    register_datasets_from_config(cfg)
+    return cfg
+
+
+def launch_main(main, args) -> None:
+    """Run ``main(args)`` through Detectron2's ``launch`` with the parsed ``--num-gpus``,
+    ``--num-machines``, ``--machine-rank`` and ``--dist-url`` (DDP; gloo without a GPU)."""
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )

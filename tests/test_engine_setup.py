@@ -1,0 +1,60 @@
+"""The one setup and the one optimizer builder of the detection trainer and the pretraining
+tools (issue 12): the same device check, one BETAS key, open_clip's parameter groups."""
+
+import pytest
+import torch
+from torch import nn
+
+from ovdet_plugin.config import get_ovdet_cfg
+from ovdet_plugin.engine import build_ovdet_optimizer, setup_ovdet_cfg
+from ovdet_plugin.engine.optimizer import clip_param_groups
+from ovdet_plugin.engine.pretrain import argument_parser
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_pretraining_setup_refuses_cuda_without_gpu(tmp_path):
+    """The pretraining tools used to fall back to the CPU silently; they now refuse, like
+    tools/train_net.py, with a message that names the fix."""
+    args = argument_parser("t").parse_args(
+        ["--config-file", "configs/test/tiny_rovit_pretrain.yaml", "MODEL.DEVICE", "cuda"]
+        + ["OUTPUT_DIR", str(tmp_path)]
+    )
+    with pytest.raises(ValueError, match="no usable CUDA GPU.*Set MODEL.DEVICE cpu"):
+        setup_ovdet_cfg(args)
+
+
+def test_old_pretrain_betas_key_names_the_new_one(tmp_path):
+    yaml = tmp_path / "old.yaml"
+    yaml.write_text("MODEL:\n  OVD:\n    PRETRAIN:\n      BETAS: (0.9, 0.98)\n")
+    with pytest.raises(KeyError, match="MODEL.OVD.SOLVER.BETAS"):
+        get_ovdet_cfg(str(yaml))
+
+
+class _TinyClip(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(4, 3)
+        self.ln = nn.LayerNorm(3)
+        self.logit_scale = nn.Parameter(torch.ones([]))
+        self.frozen = nn.Linear(2, 2)
+        self.frozen.requires_grad_(False)
+
+
+def test_pretraining_adamw_groups_and_betas():
+    """What the pretraining loop builds: AdamW with MODEL.OVD.SOLVER.BETAS over two groups,
+    matrices decayed, gains/biases/logit_scale not, frozen parameters left out."""
+    cfg = get_ovdet_cfg(
+        "configs/test/tiny_rovit_pretrain.yaml", ["MODEL.OVD.SOLVER.BETAS", "(0.8, 0.9)"]
+    )
+    model = _TinyClip()
+    opt = build_ovdet_optimizer(
+        cfg, model, optimizer="AdamW", param_groups=clip_param_groups(cfg, model)
+    )
+    assert type(opt) is torch.optim.AdamW
+    decay, no_decay = opt.param_groups
+    assert [p.shape for p in decay["params"]] == [model.proj.weight.shape]
+    assert decay["weight_decay"] == cfg.SOLVER.WEIGHT_DECAY and no_decay["weight_decay"] == 0.0
+    assert len(no_decay["params"]) == 4  # proj bias, ln weight + bias, logit_scale
+    assert decay["betas"] == (0.8, 0.9) and decay["lr"] == cfg.SOLVER.BASE_LR
+    with pytest.raises(ValueError, match="No trainable parameter"):
+        clip_param_groups(cfg, nn.Linear(2, 2).requires_grad_(False))
