@@ -143,7 +143,7 @@ def ovd_optimizer(cfg: CfgNode, params=None):
     """The plugin's optimizer (``build_ovdet_optimizer``: SGD/AdamW, no decay on temperatures,
     layer-wise lr decay). ``params.model`` is the model, set by the training script as in
     Detectron2's ``lazyconfig_train_net.py`` (``cfg.optimizer.params.model = model``)."""
-    from .engine.trainer import build_ovdet_optimizer
+    from .engine.optimizer import build_ovdet_optimizer
 
     model = (params or {}).get("model")
     if model is None:

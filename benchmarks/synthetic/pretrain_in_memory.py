@@ -29,11 +29,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ovdet_plugin.clip import build_clip_model, get_clip_tokenizer
+from ovdet_plugin.clip import CLIP_MEAN, CLIP_STD, build_clip_model, get_clip_tokenizer
 from ovdet_plugin.data.synthetic.crops import load_captions
 from ovdet_plugin.data.synthetic.render import COLOR_NAMES
 from ovdet_plugin.evaluation.zero_shot_crops import format_accuracy, load_crops, zero_shot_accuracy
-from ovdet_plugin.pretraining.caption_data import CLIP_MEAN, CLIP_STD
 from ovdet_plugin.pretraining.contrastive_losses import multipositive_softmax_loss
 from ovdet_plugin.pretraining.cropped_pos_embed import CroppedPosEmbed
 from ovdet_plugin.pretraining.rovit import RegionAwareCLIP

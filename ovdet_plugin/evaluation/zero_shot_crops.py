@@ -21,9 +21,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..clip.constants import CLIP_MEAN, CLIP_STD
 from ..clip.text_embeddings import encode_vocabulary
 from ..data.synthetic.crops import iter_object_crops
-from ..pretraining.caption_data import CLIP_MEAN, CLIP_STD
 
 # The LVIS frequency groups: rare, common, frequent.
 FREQUENCY_GROUPS = ("r", "c", "f")
