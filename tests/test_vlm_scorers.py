@@ -19,6 +19,7 @@ from ovdet_plugin.modeling.vlm_scorers import (
     VLMRegionScorer,
     attention_pool_regions,
     build_vlm_scorer,
+    roi_align_weights,
 )
 
 
@@ -63,13 +64,29 @@ def test_attention_pool_regions_equals_open_clip_per_region():
         [[0, 0.0, 0.0, 320.0, 416.0], [0, 40.0, 30.0, 200.0, 150.0], [1, -90.0, -50.0, 120.0, 90.0],
          [1, 300.0, 200.0, 700.0, 600.0], [1, 100.0, 100.0, 104.0, 102.0]]
     )  # fmt: skip
-    for aligned, ratio in ((False, 1), (True, -1)):
+    for aligned, ratio in ((False, 1), (True, -1), (True, 2)):
         crops = roi_align(c5, boxes, 7, 1 / 32, ratio, aligned)
         with torch.no_grad():
-            ref = pool(crops)
-            fast = attention_pool_regions(pool, crops, chunk=2)  # chunking exercised
+            ref = pool(crops)  # open_clip, per region
+            fast = attention_pool_regions(
+                pool, c5, boxes, spatial_scale=1 / 32, sampling_ratio=ratio, aligned=aligned,
+                chunk=2,  # chunking exercised
+            )  # fmt: skip
         torch.testing.assert_close(fast, ref, atol=1e-4, rtol=1e-4)
-    assert attention_pool_regions(pool, crops[:0]).shape == (0, 128)
+    empty = attention_pool_regions(
+        pool, c5, boxes[:0], spatial_scale=1 / 32, sampling_ratio=1, aligned=False
+    )
+    assert empty.shape == (0, 128)
+
+
+def test_roi_align_weights_reproduce_roi_align():
+    fmap = torch.randn(1, 5, 6, 9)
+    rois = torch.tensor([[0, -3.0, 2.0, 40.0, 30.0], [0, 10.0, 10.0, 11.0, 12.0]])
+    for aligned, ratio in ((False, 1), (True, -1)):
+        w = roi_align_weights(rois, (6, 9), 3, 1 / 4, ratio, aligned)  # (R, 9, 54)
+        ref = roi_align(fmap, rois, 3, 1 / 4, ratio, aligned).flatten(2)  # (R, 5, 9)
+        got = torch.einsum("rjp,cp->rcj", w, fmap[0].flatten(1))
+        torch.testing.assert_close(got, ref, atol=1e-6, rtol=1e-5)
 
 
 def test_attnpool_full_image_box_equals_encode_image(tiny_rn):

@@ -16,8 +16,7 @@ entries are builders ``name(cfg, *, backbone=None, box_head=None, box_predictor=
 VLMRegionScorer``. Registered here:
 
 - ``attnpool`` (F-VLM): RoIAlign on the frozen C5 map at the attention-pool grid, then CLIP's own
-  attention pool (:func:`attention_pool_regions`, exact and ~35x cheaper than open_clip's
-  per-region call).
+  attention pool (:func:`attention_pool_regions`: exact, from maps projected once).
 - ``dense`` (F-ViT / CLIPSelf): 1x1 RoIAlign on the CLIPSelf dense map (value-only last block).
 - ``avgpool`` (RO-ViT): RoIAlign (14x14) on the last ViT map projected to CLIP space, the mean.
 - ``vild_image`` (ViLD-ensemble): ViLD's second, distilled branch on the pooled box features.
@@ -77,7 +76,7 @@ it returns follows the call contract of :mod:`ovdet_plugin.modeling.vlm_scorers`
 """
 
 CROP_CONVENTIONS = ("official", "detectron2")
-# Regions per chunk of the attention pool: bounds the (chunk, heads, C) intermediates.
+# Regions per chunk of the attention pool: bounds its (chunk, heads + g², H W) intermediates.
 ATTNPOOL_CHUNK = 256
 
 
@@ -213,52 +212,92 @@ class _TowerScorer(VLMRegionScorer):
         )
 
 
-def attention_pool_regions(attnpool: nn.Module, crops: torch.Tensor, chunk: int = ATTNPOOL_CHUNK):
-    """open_clip's ``AttentionPool2d`` on every region, computing only what it returns.
+def roi_align_weights(
+    rois: torch.Tensor, size, output_size: int, spatial_scale: float, sampling_ratio: int, aligned
+) -> torch.Tensor:
+    """The bilinear weights RoIAlign applies: (R, g², H·W) with ``roi_align(x)[r, c, j] =
+    sum_p weights[r, j, p] x[c, p]`` for any map x of spatial ``size`` (H, W). Obtained from
+    torchvision's ``roi_align`` itself on a one-hot map per pixel, so every convention (aligned,
+    sampling ratio, boxes partly outside the image) is RoIAlign's own."""
+    H, W = size
+    eye = torch.eye(H * W, dtype=torch.float32, device=rois.device).reshape(1, H * W, H, W)
+    one_image = torch.cat([torch.zeros_like(rois[:, :1]), rois[:, 1:]], dim=1)
+    weights = roi_align(eye, one_image, output_size, spatial_scale, sampling_ratio, aligned)
+    return weights.flatten(2).transpose(1, 2)
 
-    open_clip's pool runs attention for all 1 + g² tokens and returns the first (the mean-token
-    query). Only that query matters, and projections are linear, so per region and head h
-    (q_h = (W_q t_0 + b_q)_h / sqrt(d), tokens t_j = x_j + pos_j, j = 0..g²)::
 
-        logit_hj = q_h . (W_k t_j + b_k)_h = (W_k,h^T q_h) . t_j + q_h . b_k,h
-        out_h    = sum_j a_hj (W_v t_j + b_v)_h = W_v,h (sum_j a_hj t_j) + b_v,h   (sum_j a_hj = 1)
+def attention_pool_regions(
+    attnpool: nn.Module,
+    feature_map: torch.Tensor,
+    rois: torch.Tensor,
+    *,
+    spatial_scale: float,
+    sampling_ratio: int,
+    aligned: bool,
+    chunk: int = ATTNPOOL_CHUNK,
+) -> torch.Tensor:
+    """open_clip's ``AttentionPool2d`` on the RoIAlign crop of every region, computing only what
+    it returns, from maps projected once.
 
-    so no key or value is ever projected: cost per region ~ 3 C² + 2 heads (1 + g²) C + C D
-    instead of (1 + g²)(3 C² + C D). The crops come from RoIAlign, whose weights no longer sum to
-    one for boxes partly outside the image; the identity above never assumes they do (the biases
-    are added after the pooled features, exactly as open_clip does).
+    For a region, RoIAlign gives tokens ``x_j = sum_p w_jp F_p`` (j = 1..g², F the C5 map).
+    open_clip prepends the mean token x_0, adds the positional embedding and runs attention for
+    all 1 + g² queries, keeping the first. Only that query matters, and projections and RoIAlign are
+    linear, so with ``Q, K, V`` the C5 map projected once **without** biases (per pixel) and
+    ``wbar`` the mean of a region's weights (the weights of x_0)::
+
+        q          = Q^T wbar + (W_q pos_0 + b_q)                      (the only query)
+        logit_hj   = sum_p w_jp (q_h . K_h,p) + q_h . (W_k pos_j + b_k)_h
+        out_h      = V_h^T (sum_j a_hj w_j) + sum_j a_hj (W_v pos_j + b_v)_h
+
+    The biases and positional embeddings are added after the pooled terms, exactly as open_clip
+    adds them after its RoIAlign crops; RoIAlign's weights need not sum to one (boxes partly
+    outside the image). The attention logits are formed on the map (``q . K`` over the grid) and
+    pooled with the region's RoIAlign weights, so no C-channel feature is ever pooled per region.
+    Cost: 3 H W C² once per image, then about 3 H W C + C D per region, instead of one
+    C-channel RoIAlign plus (1 + g²)(3 C² + C D) per region.
 
     Args:
         attnpool: open_clip ``AttentionPool2d`` (positional embedding of g² + 1 entries).
-        crops: (R, C, g, g) RoIAlign output of the C5 map.
-        chunk: regions per chunk (memory: chunk x heads x C floats).
+        feature_map: (B, C, H, W) C5 map.
+        rois: (R, 5) boxes (batch index, x0, y0, x1, y1) in input pixels.
+        spatial_scale, sampling_ratio, aligned: the RoIAlign crop (g = the pool's grid).
+        chunk: regions per chunk (memory: chunk x (heads + g²) x H W floats).
     Returns:
         (R, D) the pool's output (not normalised).
     """
-    R, C, gh, gw = crops.shape
+    B, C, H, W = feature_map.shape
     heads = attnpool.num_heads
     dh = C // heads
-    w_q, w_k, w_v = (m.weight for m in (attnpool.q_proj, attnpool.k_proj, attnpool.v_proj))
-    b_q, b_k, b_v = (m.bias for m in (attnpool.q_proj, attnpool.k_proj, attnpool.v_proj))
-    w_k_heads = w_k.reshape(heads, dh, C)
-    w_v_heads = w_v.reshape(heads, dh, C)
-    pos = attnpool.positional_embedding.to(crops.dtype)  # (1 + g², C)
-    outputs = []
-    # Traced for export, one chunk: a chunk count would be frozen at the trace input's R.
-    for part in [crops] if torch.jit.is_tracing() else crops.split(chunk):
-        x = part.flatten(2).transpose(1, 2)  # (r, g², C)
-        tokens = torch.cat([x.mean(dim=1, keepdim=True), x], dim=1) + pos  # (r, 1 + g², C)
-        q = F.linear(tokens[:, 0], w_q, b_q).reshape(-1, heads, dh) * dh**-0.5  # (r, h, d)
-        q_keys = torch.einsum("rhd,hdc->rhc", q, w_k_heads)  # W_k,h^T q_h: (r, h, C)
-        logits = torch.einsum("rhc,rjc->rhj", q_keys, tokens)
-        logits = logits + (q * b_k.reshape(heads, dh)).sum(-1, keepdim=True)
-        attn = logits.softmax(dim=-1)  # (r, h, 1 + g²)
-        mixed = torch.einsum("rhj,rjc->rhc", attn, tokens)  # (r, h, C)
-        values = torch.einsum("rhc,hdc->rhd", mixed, w_v_heads) + b_v.reshape(heads, dh)
-        outputs.append(attnpool.c_proj(values.reshape(-1, C)))
-    if not outputs:
-        return crops.new_zeros((0, attnpool.c_proj.out_features))
-    return torch.cat(outputs, dim=0)
+    n = int(attnpool.positional_embedding.shape[0]) - 1
+    g = int(round(n**0.5))
+    q_proj, k_proj, v_proj = attnpool.q_proj, attnpool.k_proj, attnpool.v_proj
+    pos = attnpool.positional_embedding.to(feature_map.dtype)
+    pos_q = F.linear(pos[0], q_proj.weight, q_proj.bias)  # (C,)
+    pos_k = F.linear(pos, k_proj.weight, k_proj.bias).reshape(1 + n, heads, dh)
+    pos_v = F.linear(pos, v_proj.weight, v_proj.bias).reshape(1 + n, heads, dh)
+    out = feature_map.new_zeros((rois.shape[0], attnpool.c_proj.out_features))
+    tracing = torch.jit.is_tracing()  # traced for export: one chunk (a count would be frozen)
+    for image in range(B):
+        index = (rois[:, 0] == image).nonzero().flatten()
+        flat = feature_map[image].flatten(1).t()  # (H W, C)
+        q_map = F.linear(flat, q_proj.weight)  # projections without bias, once per image
+        k_map = F.linear(flat, k_proj.weight).reshape(H * W, heads, dh).permute(1, 2, 0)
+        v_map = F.linear(flat, v_proj.weight).reshape(H * W, heads, dh).transpose(0, 1)
+        for part in [index] if tracing else index.split(chunk):
+            weights = roi_align_weights(
+                rois[part], (H, W), g, spatial_scale, sampling_ratio, aligned
+            )  # (r, g², H W)
+            mean_weights = weights.mean(dim=1)  # the mean token's weights (r, H W)
+            q = (mean_weights @ q_map + pos_q).reshape(-1, heads, dh) * dh**-0.5  # (r, h, d)
+            on_map = torch.bmm(q.transpose(0, 1), k_map).transpose(0, 1)  # q . K: (r, h, H W)
+            pooled = torch.bmm(on_map, weights.transpose(1, 2))  # (r, h, g²)
+            logits = torch.cat([pooled.mean(dim=-1, keepdim=True), pooled], dim=-1)
+            attn = (logits + torch.einsum("rhd,jhd->rhj", q, pos_k)).softmax(dim=-1)
+            on_pixels = torch.bmm(attn[:, :, 1:], weights) + attn[:, :, :1] * mean_weights[:, None]
+            values = torch.bmm(on_pixels.transpose(0, 1), v_map).transpose(0, 1)  # (r, h, d)
+            values = values + torch.einsum("rhj,jhd->rhd", attn, pos_v)
+            out[part] = attnpool.c_proj(values.reshape(-1, C))
+    return out
 
 
 class AttnPoolRegionScorer(_TowerScorer):
@@ -296,8 +335,16 @@ class AttnPoolRegionScorer(_TowerScorer):
         return v.layer4(v.layer3(v.layer2(v.layer1(v.stem(images)))))  # C5, stride 32
 
     def pool(self, tower_map: torch.Tensor, boxes: BoxesLike) -> torch.Tensor:
-        crops = self._roi_align(tower_map, boxes)  # (R, C, g, g)
-        return F.normalize(attention_pool_regions(self.visual.attnpool, crops), dim=-1)
+        rois = _boxes_to_rois(boxes, tower_map.device).to(tower_map.dtype)
+        emb = attention_pool_regions(
+            self.visual.attnpool,
+            tower_map,
+            rois,
+            spatial_scale=1.0 / self.tower_stride,
+            sampling_ratio=self.sampling_ratio,
+            aligned=self.aligned,
+        )
+        return F.normalize(emb, dim=-1)
 
 
 class _ViTTowerScorer(_TowerScorer):
