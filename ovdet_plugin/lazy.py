@@ -46,7 +46,6 @@ from .modeling.meta_arch import OVRCNN, BackbonePart
 from .modeling.roi_heads.ov_roi_heads import build_roi_heads_with_backbone
 
 __all__ = [
-    "CONFIGS_DIR",
     "config_value",
     "lazy_ovd_config",
     "ovd_evaluator",
@@ -60,21 +59,16 @@ __all__ = [
     "yaml_config",
 ]
 
-#: the repository's ``configs/`` folder; relative YAML paths are looked up here
-CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
-
 
 def resolve_config_path(config_file: str) -> str:
-    """An existing path as given, else relative to :data:`CONFIGS_DIR`."""
+    """``config_file`` if it exists (the package never looks into a checkout: a lazy config
+    names its YAML relative to its own ``__file__``)."""
     if os.path.isfile(config_file):
         return config_file
-    candidate = os.path.join(CONFIGS_DIR, config_file)
-    if os.path.isfile(candidate):
-        return candidate
     raise FileNotFoundError(
-        f"YAML config {config_file!r} not found, neither as given nor under {CONFIGS_DIR}: pass an "
-        "existing path or one relative to the repository's configs/ folder "
-        "(e.g. 'lvis/fvlm_RN50_FPN.yaml')."
+        f"YAML config {config_file!r} not found. Pass an existing path; a lazy config in "
+        "configs/lazy/ names its YAML relative to its own file, e.g. "
+        "os.path.join(os.path.dirname(__file__), '..', 'lvis', 'fvlm_RN50_FPN.yaml')."
     )
 
 

@@ -9,6 +9,8 @@ Replace a part with your own node (``model.backbone = L(MyBackbone)(...)``); see
 ovdet_plugin/lazy.py for the design.
 """
 
+import os
+
 from detectron2.config import LazyCall as L
 from detectron2.modeling import build_backbone
 
@@ -16,7 +18,8 @@ from ovdet_plugin.lazy import config_value, lazy_ovd_config, proposal_generator_
 from ovdet_plugin.modeling.meta_arch import OVRCNN, BackbonePart
 from ovdet_plugin.modeling.roi_heads.ov_roi_heads import build_roi_heads_with_backbone
 
-_all = lazy_ovd_config("lvis/fvlm_RN50_FPN.yaml")
+# the paper YAML beside this folder (LazyConfig.load defines __file__)
+_all = lazy_ovd_config(os.path.join(os.path.dirname(__file__), "..", "lvis", "fvlm_RN50_FPN.yaml"))
 ovd = _all["ovd"]  # the YAML config the parts are built from
 dataloader = _all["dataloader"]
 optimizer = _all["optimizer"]
