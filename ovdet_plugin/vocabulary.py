@@ -7,7 +7,7 @@ or a dataset name.
 Built-in vocabularies need no download:
 - ``"lvis"``: LVIS v1 (1203 classes) from Detectron2's own metadata
   (``detectron2.data.datasets.lvis_v1_categories``): names, synonyms and frequency f/c/r.
-  Base = frequent + common (866), novel = rare (337) (METHODS "Shared conventions").
+  Base = frequent + common (866), novel = rare (337) (methods (protocols)).
 - ``"coco"``: the 80 COCO classes with the OV-COCO split flags (48 base, 17 novel, 15 unused),
   the split of Bansal et al. / OVR-CNN used by ViLD, F-VLM and CLIPSelf.
 - ``"coco_ov"``: the 65 classes of that split, in COCO order.

@@ -1,4 +1,4 @@
-"""Frozen CLIP ResNet + FPN backbone (F-VLM, METHODS.md 2.1)."""
+"""Frozen CLIP ResNet + FPN backbone (F-VLM, methods §2.1)."""
 
 import copy
 

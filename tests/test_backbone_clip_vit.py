@@ -1,4 +1,4 @@
-"""CLIP ViT + simple feature pyramid backbone (F-ViT METHODS.md 3.8, RO-ViT 4.3)."""
+"""CLIP ViT + simple feature pyramid backbone (F-ViT methods §3.8, RO-ViT 4.3)."""
 
 import copy
 from functools import partial

@@ -1,4 +1,4 @@
-"""RO-ViT / OLN centerness RPN (METHODS 4.3): targets, box coding, losses, tiny GeneralizedRCNN."""
+"""RO-ViT / OLN centerness RPN (methods §4.3): targets, box coding, losses, tiny GeneralizedRCNN."""
 
 import math
 import os

@@ -1,4 +1,4 @@
-"""CLIPSelf (METHODS 3.1-3.7): grid sampling, crops, RoI features, loss, training, ensembling."""
+"""CLIPSelf (methods §3.1-3.7): grid sampling, crops, RoI features, loss, training, ensembling."""
 
 import json
 import os

@@ -1,4 +1,4 @@
-"""Focal contrastive loss (RO-ViT, METHODS 4.2) and the softmax CLIP loss, by hand."""
+"""Focal contrastive loss (RO-ViT, methods §4.2) and the softmax CLIP loss, by hand."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""CLIPSelf dense features (ovdet_plugin.clip.dense, METHODS.md 3.1): positional-embedding
+"""CLIPSelf dense features (ovdet_plugin.clip.dense, methods §3.1): positional-embedding
 interpolation, the value-only last block, window attention, and the dense map itself."""
 
 import pytest
@@ -69,7 +69,7 @@ def test_value_only_block_from_weights(visual):
     x = torch.randn(2, 7, 128)
     with torch.no_grad():
         out = value_only_block_forward(blk, x)
-        # direct computation from the block's weights (METHODS 3.1 / 6.5)
+        # direct computation from the block's weights (methods §3.1 / 3.1)
         d = 128
         w_v, b_v = blk.attn.in_proj_weight[2 * d :], blk.attn.in_proj_bias[2 * d :]
         h = F.layer_norm(x, (d,), blk.ln_1.weight, blk.ln_1.bias, blk.ln_1.eps)

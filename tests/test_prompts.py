@@ -1,4 +1,4 @@
-"""Prompt sets and name normalisation (ViLD, METHODS 1.2; CLIP's 80 templates, METHODS 2.2)."""
+"""Prompt sets and name normalisation (ViLD, methods §1.2; CLIP's 80 templates, methods §2.2)."""
 
 import pytest
 

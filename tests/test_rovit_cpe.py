@@ -1,4 +1,4 @@
-"""RO-ViT cropped positional embedding (METHODS 4.1) and the pretraining image encoder."""
+"""RO-ViT cropped positional embedding (methods §4.1) and the pretraining image encoder."""
 
 import pytest
 import torch

@@ -19,7 +19,7 @@ VOCAB = "cat, remote_control, sofa"
 
 
 def _manual_embedding(model, tokenizer, names, prompt_set):
-    """Direct computation of METHODS 1.2: normalise each prompt, average, renormalise."""
+    """Direct computation of methods §1.2: normalise each prompt, average, renormalise."""
     rows = []
     with torch.no_grad():
         for name in names:

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Precompute ViLD-image distillation targets (METHODS 1.4-1.5): for every training image, up to
+"""Precompute ViLD-image distillation targets (methods §1.4-1.5): for every training image, up to
 --max-proposals proposals and the CLIP image embedding of each proposal's crop.
 
 Proposals come from a Detectron2 proposal file (``--proposals file.pkl``, the format of

@@ -44,7 +44,7 @@ def parse_args(argv=None):
     p.add_argument(
         "--ablations",
         action="store_true",
-        help="also the ablation table (3 seeds of the headline rows, METHODS 1-4 directions)",
+        help="also the ablation table (3 seeds of the headline rows, methods §1-4 directions)",
     )
     p.add_argument("--threads", type=int, default=0, help="torch threads per process (0: one)")
     p.add_argument("--jobs", type=int, default=2, help="detectors trained at once")

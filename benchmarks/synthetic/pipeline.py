@@ -145,7 +145,7 @@ METHODS = {
     ),
     "rovit": Method("rovit", "RO-ViT", "rovit.yaml", fused=True),
 }
-# Ablation rows of ``make benchmark-synthetic`` (METHODS 1-4: the directions the papers claim).
+# Ablation rows of ``make benchmark-synthetic`` (methods §1-4: the directions the papers claim).
 ABLATIONS = {
     "vild_text": Method(
         "vild_text",

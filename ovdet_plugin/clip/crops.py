@@ -1,6 +1,6 @@
 """Box crops of an image encoded by CLIP: enlarge the boxes, crop, normalise, encode. The one
 home of this pipeline, used by ViLD's teacher embeddings (``tools/precompute_vild_embeddings.py``,
-METHODS 1.4-1.5) and CLIPSelf's teacher (METHODS 3.3-3.4).
+methods §1.4-1.5) and CLIPSelf's teacher (methods §3.3-3.4).
 
 Two crop styles, because the papers differ:
 
@@ -64,7 +64,7 @@ def crop_pixels(image: torch.Tensor, boxes: torch.Tensor) -> List[torch.Tensor]:
 
 def resize_max_size(crop: torch.Tensor, size: int) -> torch.Tensor:
     """open_clip ``ResizeMaxSize``: long side to ``size`` (bicubic, antialiased), centred zero pad
-    to ``size`` x ``size`` (METHODS 3.3). Input/output in [0, 1] pixel units, (3, h, w)."""
+    to ``size`` x ``size`` (methods §3.3). Input/output in [0, 1] pixel units, (3, h, w)."""
     h, w = crop.shape[-2:]
     scale = size / max(h, w)
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
@@ -130,7 +130,7 @@ def encode_crops(
 def crop_embeddings(
     clip_model, image: torch.Tensor, boxes: torch.Tensor, scales: Sequence[float], batch_size=64
 ) -> torch.Tensor:
-    """ViLD's teacher embeddings of box crops (METHODS 1.4-1.5).
+    """ViLD's teacher embeddings of box crops (methods §1.4-1.5).
 
     Args:
         clip_model: an open_clip model (its ``encode_image`` and input size are used).

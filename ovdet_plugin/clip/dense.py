@@ -1,7 +1,7 @@
 """Dense, region-aligned features from an open_clip ViT (the CLIPSelf "v2" extractor).
 
 A CLIP ViT's patch tokens are not aligned with its joint image-text space: only the class token
-is trained to be. CLIPSelf (Wu et al., ICLR 2024; METHODS.md 3.1) reads a per-patch map in that
+is trained to be. CLIPSelf (Wu et al., ICLR 2024; methods §3.1) reads a per-patch map in that
 space by running the **last** residual block *without* query-key attention: the attention branch
 becomes the value projection followed by the output projection (every token "attends" only to
 itself), the residual connections and the MLP are kept, then the final norm and the projection
@@ -14,7 +14,7 @@ called, never re-implemented); what it adds is
   (CLIPSelf's ``rescale_positional_embedding``, ``align_corners=False``; the identity at the
   native grid);
 - :func:`value_only_block_forward`: the value-only last block (CLIPSelf's
-  ``ResidualAttentionBlockV2.forward_without_attn``, METHODS.md 3.1 and 6.5);
+  ``ResidualAttentionBlockV2.forward_without_attn``, methods §3.1 and 3.1);
 - :class:`DenseCLIPViT`: the tower as a module with ``embed`` / ``run_blocks`` / ``project``
   steps, optional window attention (ViTDet-style window partitioning around open_clip's unchanged
   blocks), and ``forward(images) -> (B, D, h, w)`` dense map. It is the module the CLIPSelf
@@ -53,7 +53,7 @@ def interpolate_pos_embed(
     """Resample a ViT positional embedding (class token first) to another patch grid.
 
     Bicubic, ``align_corners=False``, class-token entry kept unchanged, as CLIPSelf's
-    ``rescale_positional_embedding`` (METHODS.md 3.1). At the native grid the input tensor itself
+    ``rescale_positional_embedding`` (methods §3.1). At the native grid the input tensor itself
     is returned (the identity, bit for bit).
 
     Args:
@@ -83,7 +83,7 @@ def interpolate_pos_embed(
 
 
 def _value_projection(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """V(x): the last third of ``in_proj_weight`` / ``in_proj_bias`` (METHODS.md 6.5)."""
+    """V(x): the last third of ``in_proj_weight`` / ``in_proj_bias`` (methods §3.1)."""
     weight = getattr(attn, "in_proj_weight", None)
     if weight is None:
         raise TypeError(
@@ -100,7 +100,7 @@ def _value_projection(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def value_only_block_forward(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Run an open_clip residual block with its attention replaced by the value path.
 
-    CLIPSelf ``ResidualAttentionBlockV2.forward_without_attn`` (METHODS.md 3.1):
+    CLIPSelf ``ResidualAttentionBlockV2.forward_without_attn`` (methods §3.1):
     ``x = x + ls_1(out_proj(V(ln_1(x))))``; ``x = x + ls_2(mlp(ln_2(x)))``, where ``V`` is the
     last third of the fused ``in_proj`` (every token attends only to itself, so softmax(qk) @ v
     collapses to v). For open_clip's ``CustomResidualAttentionBlock`` the same rule keeps its extra
@@ -275,7 +275,7 @@ class DenseCLIPViT(nn.Module):
             x: (B, 1 + h*w, C) tokens from :meth:`embed`.
             grid: (h, w).
             out_indices: block indices whose outputs are returned (in this order).
-            value_only_last: run the last block value-only (CLIPSelf, METHODS.md 3.1/3.8).
+            value_only_last: run the last block value-only (CLIPSelf, methods §3.1/3.8).
             window_size: > 0 enables window attention in ``window_block_indexes``.
             window_block_indexes: blocks that use window attention (the rest are global).
             stop_at: run blocks ``0..stop_at`` only (default: all).
@@ -329,7 +329,7 @@ class DenseCLIPViT(nn.Module):
     def forward(
         self, images: torch.Tensor, *, window_size: int = 0, window_block_indexes=()
     ) -> torch.Tensor:
-        """CLIPSelf "v2" dense map (METHODS.md 3.1).
+        """CLIPSelf "v2" dense map (methods §3.1).
 
         Args:
             images: (B, 3, H, W) CLIP-normalised, H and W multiples of the patch size.

@@ -1,10 +1,10 @@
 """Prompt templates and class-name normalisation for text classifiers.
 
-- ViLD (METHODS 1.2): 63 templates with an "{article}" slot; names normalised ("_" -> " ",
+- ViLD (methods §1.2): 63 templates with an "{article}" slot; names normalised ("_" -> " ",
   "/" -> " or ", lower-cased, trailing "." stripped); prompts starting with "a"/"the" get the prefix
   "This is ". Source: ViLD's demo notebook (tensorflow/tpu projects/vild), also reproduced in
   wusize/CLIPSelf F-ViT/tools/clip_utils.py.
-- CLIP's 80 ImageNet templates (F-VLM, METHODS 2.2): taken from open_clip
+- CLIP's 80 ImageNet templates (F-VLM, methods §2.2): taken from open_clip
   (``open_clip.zero_shot_metadata.OPENAI_IMAGENET_TEMPLATES``), not re-typed here.
 """
 

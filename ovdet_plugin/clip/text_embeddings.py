@@ -1,7 +1,7 @@
 """Text classifiers: one L2-normalised CLIP text embedding per class, built from a prompt ensemble
 and cached on disk.
 
-Recipe (ViLD, METHODS 1.2; F-VLM, METHODS 2.2): every prompt of a class (templates x, optionally,
+Recipe (ViLD, methods §1.2; F-VLM, methods §2.2): every prompt of a class (templates x, optionally,
 synonyms) is encoded and L2-normalised; the class embedding is their mean, L2-normalised again.
 
 Cache: one file per (model name, text-weights checksum, prompt set, names[, synonyms]) under

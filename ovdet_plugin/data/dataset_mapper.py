@@ -3,7 +3,7 @@
 :class:`OVDDatasetMapper` is Detectron2's ``DatasetMapper`` plus two training options:
 - the papers' large-scale jitter (``MODEL.OVD.INPUT.LSJ_SIZE``: resize by a random factor in
   ``LSJ_SCALE`` of a square of that size, then a fixed-size crop/pad, then a flip; ViLD and F-VLM
-  train at 1024 with [0.1, 2.0], METHODS 1.8, 2.6), with Detectron2's ``ResizeScale`` and
+  train at 1024 with [0.1, 2.0], methods §1.8, 2.6), with Detectron2's ``ResizeScale`` and
   ``FixedSizeCrop``;
 - the image's ViLD proposals, moved by the same augmentation as the image and clipped, as
   ``dataset_dict["vild_proposals"]`` (``Instances`` with ``proposal_boxes`` and ``clip_embeds``);

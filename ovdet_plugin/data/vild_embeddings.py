@@ -1,4 +1,4 @@
-"""ViLD-image inputs: precomputed proposals with CLIP embeddings of their crops (METHODS 1.4-1.5).
+"""ViLD-image inputs: precomputed proposals with CLIP embeddings of their crops (methods §1.4-1.5).
 
 On disk (written by ``tools/precompute_vild_embeddings.py``)::
 

@@ -8,10 +8,10 @@ key: a YAML that still sets it fails with a message naming the new one). They di
 the parameters are grouped:
 
 - :func:`detection_param_groups`: Detectron2's per-group rules (norm / bias weight decay, bias lr
-  factor), no decay on the learnable temperatures (F-VLM, METHODS 2.2) and layer-wise lr decay for
+  factor), no decay on the learnable temperatures (F-VLM, methods §2.2) and layer-wise lr decay for
   a fine-tuned CLIP ViT backbone (``MODEL.OVD.BACKBONE.LR_DECAY_RATE``, RO-ViT / ViTDet);
 - :func:`clip_param_groups`: open_clip's rule, weight decay on matrices only, none on gains,
-  biases and the temperature (CLIPSelf / open_clip, METHODS 3.7).
+  biases and the temperature (CLIPSelf / open_clip, methods §3.7).
 """
 
 from functools import partial
@@ -25,7 +25,7 @@ from ..modeling.backbone.utils import get_vit_lr_decay_rate
 
 __all__ = ["build_ovdet_optimizer", "clip_param_groups", "detection_param_groups"]
 
-# Parameters never weight-decayed: the learnable temperatures (F-VLM excludes t, METHODS 2.2).
+# Parameters never weight-decayed: the learnable temperatures (F-VLM excludes t, methods §2.2).
 _NO_DECAY = {"inverse_temperature": {"weight_decay": 0.0}, "logit_scale": {"weight_decay": 0.0}}
 
 
@@ -59,7 +59,7 @@ def detection_param_groups(cfg, model: nn.Module) -> List[Dict]:
 def clip_param_groups(cfg, model: nn.Module) -> List[Dict]:
     """Two groups of a CLIP model's trainable parameters: matrices with weight decay
     ``SOLVER.WEIGHT_DECAY``, and gains, biases, 1-D entries, ``logit_scale`` / ``logit_bias``
-    without (CLIPSelf / open_clip, METHODS 3.7). Empty groups are dropped; raise when nothing
+    without (CLIPSelf / open_clip, methods §3.7). Empty groups are dropped; raise when nothing
     trains."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():

@@ -131,7 +131,7 @@ def _build_under_seed(cfg, builder):
 
 
 def rovit_main(args):
-    """RO-ViT image-text pretraining (METHODS 4.1-4.2) in one process of ``launch``."""
+    """RO-ViT image-text pretraining (methods §4.1-4.2) in one process of ``launch``."""
     cfg = setup_ovdet_cfg(args)
     model = _build_under_seed(cfg, RegionAwareCLIP)
     size = cfg.MODEL.OVD.ROVIT.IMAGE_SIZE or model.image_size[0]
@@ -162,7 +162,7 @@ def rovit_main(args):
 
 
 def clipself_main(args):
-    """CLIPSelf self-distillation (METHODS 3.1-3.7) in one process of ``launch``."""
+    """CLIPSelf self-distillation (methods §3.1-3.7) in one process of ``launch``."""
     cfg = setup_ovdet_cfg(args)
     c = cfg.MODEL.OVD.CLIPSELF
     check_ensemble_alpha(c.ALPHA_ENSEMBLE)  # before any training, not at the first export

@@ -190,7 +190,7 @@ def run_training(
     # a CPU module (gloo) must not get device_ids (Detectron2 passes the local rank by default)
     ddp_kwargs = {} if on_gpu else {"device_ids": None}
     ddp_model = create_ddp_model(model, broadcast_buffers=False, **ddp_kwargs)
-    # AdamW over open_clip's two groups, whatever MODEL.OVD.SOLVER.OPTIMIZER says (METHODS 3.7)
+    # AdamW over open_clip's two groups, whatever MODEL.OVD.SOLVER.OPTIMIZER says (methods §3.7)
     optimizer = build_ovdet_optimizer(
         cfg, model, optimizer="AdamW", param_groups=clip_param_groups(cfg, model)
     )

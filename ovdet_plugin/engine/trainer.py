@@ -7,7 +7,7 @@ Detectron2 project (``tools/train_net.py`` is a thin wrapper around it):
   (``MODEL.OVD.INPUT.LSJ_SIZE``) and ViLD's precomputed distillation proposals
   (``MODEL.OVD.VILD.EMBEDDINGS_DIR``); with neither it is Detectron2's ``DatasetMapper``;
 - the optimizer (``MODEL.OVD.SOLVER``): SGD or AdamW, learnable temperatures excluded from weight
-  decay (F-VLM, METHODS 2.2), layer-wise lr decay for a fine-tuned CLIP ViT backbone
+  decay (F-VLM, methods §2.2), layer-wise lr decay for a fine-tuned CLIP ViT backbone
   (``MODEL.OVD.BACKBONE.LR_DECAY_RATE``, RO-ViT / ViTDet), Detectron2's gradient clipping.
 
 It also makes runs safe to kill and resume, and checks its inputs first:

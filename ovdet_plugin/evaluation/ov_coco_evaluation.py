@@ -3,7 +3,7 @@ all classes of the open-vocabulary split.
 
 Class membership is read from the dataset's metadata (``thing_class_splits``, set by the plugin's
 registrations from :mod:`ovdet_plugin.vocabulary`), never from the number of classes or the
-dataset's name. The headline OV-COCO metric is box ``AP50_novel`` (METHODS "Shared conventions").
+dataset's name. The headline OV-COCO metric is box ``AP50_novel`` (methods (protocols)).
 
 On Detectron2 builds without the ``_C`` extension, ``COCOEvaluator`` falls back to the official
 pycocotools ``COCOeval`` by itself; this evaluator defaults to ``use_fast_impl=False`` anyway so

@@ -1,6 +1,6 @@
-"""Region-aware training of the VLM (issue 5): RO-ViT image-text pretraining with the cropped
-positional embedding and the focal contrastive loss (METHODS.md 4.1-4.2), and CLIPSelf
-self-distillation of a CLIP ViT's dense features (METHODS.md 3.1-3.7). Both run through
+"""Region-aware training of the VLM: RO-ViT image-text pretraining with the cropped
+positional embedding and the focal contrastive loss (methods §4.1-4.2), and CLIPSelf
+self-distillation of a CLIP ViT's dense features (methods §3.1-3.7). Both run through
 Detectron2's ``launch`` and the shared training loop of :mod:`.trainer`."""
 
 from .contrastive_losses import (  # noqa: F401

@@ -1,4 +1,4 @@
-"""CLIPSelf self-distillation (Wu et al., ICLR 2024; METHODS.md 3.1-3.7).
+"""CLIPSelf self-distillation (Wu et al., ICLR 2024; methods §3.1-3.7).
 
 The student is the CLIP ViT read as a dense map (helper module
 :class:`ovdet_plugin.clip.dense.DenseCLIPViT`: value-only last block, ``ln_post``, ``proj``,
@@ -53,7 +53,7 @@ _IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 # ---------------------------------------------------------------------- regions
 def grid_choices(max_split: int = 6) -> List[Tuple[int, int]]:
     """Every (m rows, n cols): m in 1..max_split, n in [floor((m+1)/2), min(2m, max_split)], so the
-    grid aspect stays within 1:2-2:1 (CLIPSelf ``_init_choices``, METHODS 3.4)."""
+    grid aspect stays within 1:2-2:1 (CLIPSelf ``_init_choices``, methods §3.4)."""
     return [
         (m, n)
         for m in range(1, max_split + 1)
@@ -69,7 +69,7 @@ def sample_grid_boxes(
     max_boxes: int = 20,
     generator: Optional[torch.Generator] = None,
 ) -> torch.Tensor:
-    """Random grid cells of a ``width`` x ``height`` image (METHODS 3.4).
+    """Random grid cells of a ``width`` x ``height`` image (methods §3.4).
 
     One (m, n) of :func:`grid_choices` uniformly; an even m x n split of the image with integer
     pixel edges (``round(linspace)``), so the cells tile the image exactly; cells shuffled and at
@@ -91,7 +91,7 @@ def sample_grid_boxes(
 
 
 def roi_features(dense: torch.Tensor, boxes: Sequence[torch.Tensor], stride: int) -> torch.Tensor:
-    """Student region features: 1x1 RoIAlign on the dense map (METHODS 3.2: output 1x1,
+    """Student region features: 1x1 RoIAlign on the dense map (methods §3.2: output 1x1,
     ``sampling_ratio=-1``, ``aligned=True``; pixel boxes scaled by 1/stride), L2-normalised.
 
     Args:
@@ -109,7 +109,7 @@ def roi_features(dense: torch.Tensor, boxes: Sequence[torch.Tensor], stride: int
 
 
 def clipself_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """``1 - mean cosine`` of (K, D) region embeddings (CLIPSelf ``__call__``, METHODS 3.5)."""
+    """``1 - mean cosine`` of (K, D) region embeddings (CLIPSelf ``__call__``, methods §3.5)."""
     return 1.0 - F.cosine_similarity(student, teacher, dim=-1).mean()
 
 
@@ -131,7 +131,7 @@ def ensemble_state_dict(
     student: Dict[str, torch.Tensor], teacher: Dict[str, torch.Tensor], alpha: float
 ) -> Dict[str, torch.Tensor]:
     """``alpha * student + (1 - alpha) * teacher`` for every floating entry (CLIPSelf
-    ``student_teacher_ensemble``, METHODS 3.7); other entries are the student's."""
+    ``student_teacher_ensemble``, methods §3.7); other entries are the student's."""
     check_ensemble_alpha(alpha)
     out = {}
     for k, v in student.items():
@@ -167,10 +167,10 @@ class CLIPSelfModel(nn.Module):
         """
         Args:
             clip_model: open_clip ``CLIP`` with a ``VisionTransformer`` tower (the student).
-            image_size: student input side (images padded bottom-right to it, METHODS 3.3).
-            max_split, max_boxes: grid sampling limits (METHODS 3.4).
-            train_blocks: number of last transformer blocks trained, -1 = all (METHODS 3.6).
-            mode: "grid" or "proposals" (METHODS 3.4).
+            image_size: student input side (images padded bottom-right to it, methods §3.3).
+            max_split, max_boxes: grid sampling limits (methods §3.4).
+            train_blocks: number of last transformer blocks trained, -1 = all (methods §3.6).
+            mode: "grid" or "proposals" (methods §3.4).
             teacher_crop_scale: teacher crop enlargement; -1 = 1.0 (grid) / 1.5 (proposals).
         """
         super().__init__()
@@ -221,7 +221,7 @@ class CLIPSelfModel(nn.Module):
         return self.__dict__["_student"]
 
     def _lock(self, train_blocks: int) -> None:
-        """Freeze everything but the last ``train_blocks`` blocks of the image tower (METHODS 3.6:
+        """Freeze everything but the last ``train_blocks`` blocks of the image tower (methods §3.6:
         embeddings, ln_post, proj and the text tower stay frozen)."""
         for prm in self.clip.parameters():
             prm.requires_grad_(False)
@@ -248,7 +248,7 @@ class CLIPSelfModel(nn.Module):
         return props[keep].float()
 
     def teacher_inputs(self, image: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-        """(K, 3, T, T) CLIP-normalised teacher crops of one [0, 1] image (METHODS 3.3-3.4)."""
+        """(K, 3, T, T) CLIP-normalised teacher crops of one [0, 1] image (methods §3.3-3.4)."""
         if len(boxes) == 0:
             return image.new_zeros(0, 3, self.teacher_size, self.teacher_size)
         crops = padded_crops(image, boxes, self.teacher_size, self.teacher_crop_scale)
@@ -269,7 +269,7 @@ class CLIPSelfModel(nn.Module):
         boxes = [self.region_boxes(s).to(device) for s in samples]
         S = self.image_size
         images = torch.zeros(len(samples), 3, S, S, device=device)
-        for i, s in enumerate(samples):  # pad bottom-right to S x S (METHODS 3.3)
+        for i, s in enumerate(samples):  # pad bottom-right to S x S (methods §3.3)
             h, w = s["image"].shape[-2:]
             images[i, :, :h, :w] = s["image"]
         dense = self.student(normalize_for_clip(images))  # (B, D, S/p, S/p)
@@ -284,7 +284,7 @@ class CLIPSelfModel(nn.Module):
     # -------------------------------------------------------------- export
     def ensembled_clip_state_dict(self, alpha: float) -> Dict[str, torch.Tensor]:
         """The full open_clip state dict with ``visual.*`` = alpha * student + (1-alpha) * teacher
-        (METHODS 3.7); loads strictly with ``build_clip_model(name, path)``."""
+        (methods §3.7); loads strictly with ``build_clip_model(name, path)``."""
         student = self.clip.state_dict()
         teacher = {"visual." + k: v for k, v in self.teacher.state_dict().items()}
         return ensemble_state_dict(student, teacher, alpha)
@@ -393,7 +393,7 @@ class CLIPSelfImageDataset(Dataset):
                     np.clip(boxes[:, 2] - boxes[:, 0], 0, None)
                     * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
                 )
-                # keep proposals with 8^2 <= area <= 1024^2 (METHODS 3.4)
+                # keep proposals with 8^2 <= area <= 1024^2 (methods §3.4)
                 keep = (side >= size_range[0]) & (side <= size_range[1])
                 self.proposals.append(boxes[keep])
 
@@ -410,7 +410,7 @@ class CLIPSelfImageDataset(Dataset):
         w, h = img.size
         scale = self.image_size / max(w, h)
         nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-        # ResizeLongest(image_size) (METHODS 3.3)
+        # ResizeLongest(image_size) (methods §3.3)
         img = img.resize((nw, nh), Image.BICUBIC)
         out = {
             "image": torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() / 255.0,

@@ -1,4 +1,4 @@
-"""Image-text contrastive losses: RO-ViT's focal contrastive loss (METHODS.md 4.2) and CLIP's
+"""Image-text contrastive losses: RO-ViT's focal contrastive loss (methods §4.2) and CLIP's
 softmax cross-entropy, plus the cross-rank feature gathering both use under DDP."""
 
 from typing import Optional, Tuple
@@ -24,7 +24,7 @@ def sigmoid_focal_matrix_loss(
 ) -> torch.Tensor:
     """Sigmoid focal loss over a (B, B) logit matrix whose diagonal holds the positives.
 
-    fvlm/rovit ``compute_focal_contrastive_loss`` (METHODS 4.2): with ``p = sigmoid(x)`` and
+    fvlm/rovit ``compute_focal_contrastive_loss`` (methods §4.2): with ``p = sigmoid(x)`` and
     ``y`` the diagonal one-hot, every entry costs ``BCE(x, y) * m * 2w`` with
     ``m = (1 - p)^gamma`` for positives, ``p^gamma`` for negatives, and ``w = alpha`` for
     positives, ``1 - alpha`` for negatives; the entries are summed, then divided by
@@ -42,10 +42,10 @@ def sigmoid_focal_matrix_loss(
     y = torch.eye(x.shape[0], device=x.device, dtype=x.dtype)
     bce = F.binary_cross_entropy_with_logits(x, y, reduction="none")
     p = torch.sigmoid(x)
-    # modulating factor m: (1-p)^gamma on positives, p^gamma on negatives (METHODS 4.2)
+    # modulating factor m: (1-p)^gamma on positives, p^gamma on negatives (methods §4.2)
     p_t = p * y + (1 - p) * (1 - y)  # probability of the correct label
     m = (1 - p_t) ** gamma
-    # class weight w: alpha on positives, 1-alpha on negatives; the loss carries 2w (METHODS 4.2)
+    # class weight w: alpha on positives, 1-alpha on negatives; the loss carries 2w (methods §4.2)
     w = alpha * y + (1 - alpha) * (1 - y)
     loss = (bce * m * 2 * w).sum()
     if normalizer is not None:
@@ -63,7 +63,7 @@ def focal_contrastive_loss(
     gamma: float = 1.0,
     normalizer: Optional[float] = None,
 ) -> torch.Tensor:
-    """RO-ViT focal contrastive loss in both directions (METHODS 4.2).
+    """RO-ViT focal contrastive loss in both directions (methods §4.2).
 
     The image-to-text matrix ``L = scale * I @ T^T (+ bias)`` and the text-to-image matrix
     ``L^T`` each get :func:`sigmoid_focal_matrix_loss`; the result is their mean. (The loss is

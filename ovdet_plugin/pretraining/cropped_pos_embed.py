@@ -1,4 +1,4 @@
-"""RO-ViT cropped positional embedding (CPE), METHODS.md 4.1.
+"""RO-ViT cropped positional embedding (CPE), methods §4.1.
 
 During image-text pretraining the patch positional embedding is (1) bilinearly upsampled to a
 detection-sized grid (64x64 by default), (2) a random box with RandomResizedCrop statistics is
@@ -29,7 +29,7 @@ __all__ = [
 
 
 def upsample_pos_embed(patch_pos: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
-    """Bilinearly resample a patch positional embedding grid (RO-ViT step 1, METHODS 4.1).
+    """Bilinearly resample a patch positional embedding grid (RO-ViT step 1, methods §4.1).
 
     Args:
         patch_pos: (gh, gw, C) embedding without the class token.
@@ -53,7 +53,7 @@ def sample_crop_boxes(
     generator: Optional[torch.Generator] = None,
     max_tries: int = 10,
 ) -> torch.Tensor:
-    """Random boxes with RandomResizedCrop statistics (RO-ViT step 2, METHODS 4.1).
+    """Random boxes with RandomResizedCrop statistics (RO-ViT step 2, methods §4.1).
 
     Area fraction ``s ~ U(scale)``, log aspect ratio (w/h) ``~ U(log ratio)``; width
     ``sqrt(s r)``, height ``sqrt(s / r)`` in units of the (square) grid; a draw that does not fit
@@ -183,7 +183,7 @@ def cropped_positional_embedding(
     out_size: Tuple[int, int],
     aligned: bool = False,
 ) -> torch.Tensor:
-    """Upsample, crop per box and resize back (METHODS 4.1, the whole recipe).
+    """Upsample, crop per box and resize back (methods §4.1, the whole recipe).
 
     Computes exactly :func:`upsample_pos_embed` followed by :func:`crop_and_resize_pos_embed`,
     but as two small matrix products per box: both steps are bilinear, hence separable and
@@ -204,7 +204,7 @@ def cropped_positional_embedding(
     H, W = int(up_size[0]), int(up_size[1])
     h, w = int(out_size[0]), int(out_size[1])
     b = boxes.detach().to("cpu", torch.float64)
-    # A_y: (B, h, gh) = RoIAlign rows on the upsampled axis @ bilinear upsampling (METHODS 4.1)
+    # A_y: (B, h, gh) = RoIAlign rows on the upsampled axis @ bilinear upsampling (methods §4.1)
     a_y = _roi_sample_matrix(b[:, 1] * H, b[:, 3] * H, H, h, aligned) @ _upsample_matrix(gh, H)
     a_x = _roi_sample_matrix(b[:, 0] * W, b[:, 2] * W, W, w, aligned) @ _upsample_matrix(gw, W)
     a_y = a_y.to(patch_pos.device, patch_pos.dtype)

@@ -1,4 +1,4 @@
-"""RO-ViT image-text pretraining model (METHODS.md 4.1-4.2): an open_clip model whose image
+"""RO-ViT image-text pretraining model (methods §4.1-4.2): an open_clip model whose image
 encoder applies the cropped positional embedding in training, pools by class token / attention
 pool or by global average pooling, and is trained with the focal or the softmax contrastive loss.
 """
@@ -33,9 +33,9 @@ class RegionAwareCLIP(nn.Module):
 
     - positional embedding: CPE (:class:`CroppedPosEmbed`, one crop box per image) when
       ``self.training`` and CPE is on; otherwise the tower's embedding, bicubically interpolated
-      when the input grid is not the native one (the detection-time rule, METHODS 4.1);
+      when the input grid is not the native one (the detection-time rule, methods §4.1);
     - pooling "gap": the mean of the patch tokens (class token excluded) after the last block,
-      then ``ln_post`` and ``proj`` (RO-ViT pools by global average pooling, METHODS 4.3; LN
+      then ``ln_post`` and ``proj`` (RO-ViT pools by global average pooling, methods §4.3; LN
       after the mean as open_clip's ``final_ln_after_pool``). "cls" keeps the tower's own pooling
       (class token or attention pool, ``ln_post`` first).
     """
@@ -60,7 +60,7 @@ class RegionAwareCLIP(nn.Module):
             tokenizer: open_clip tokenizer (captions -> (B, 77) tokens); needed by ``forward``.
             cpe: cropped positional embedding settings, or None for plain CLIP pretraining.
             pooling: "cls" (the tower's own pooling) or "gap" (global average pooling).
-            loss: "focal" (RO-ViT, METHODS 4.2) or "softmax" (CLIP's cross-entropy).
+            loss: "focal" (RO-ViT, methods §4.2) or "softmax" (CLIP's cross-entropy).
             focal_alpha, focal_gamma: the focal loss's alpha and gamma (0.5, 1.0).
             focal_normalizer: "batch" (divide the summed loss by the global batch size) or
                 "none" (the plain sum, ``loss_normalizing_factor`` unset).
@@ -158,7 +158,7 @@ class RegionAwareCLIP(nn.Module):
         x = visual.ln_pre(x)
         x = visual.transformer(x)
         if self.pooling == "gap":
-            # RO-ViT global average pooling of the patch tokens (METHODS 4.3), LN after the mean
+            # RO-ViT global average pooling of the patch tokens (methods §4.3), LN after the mean
             pooled = visual.ln_post(x[:, 1:].mean(dim=1))
         else:
             pooled, _ = visual._pool(x)

@@ -1,5 +1,5 @@
 """OV-COCO (the 48 base / 17 novel split of Bansal et al. 2018, as used by OVR-CNN, ViLD, F-VLM,
-CLIPSelf; METHODS "Shared conventions").
+CLIPSelf; methods (protocols)).
 
 Registered names (class space: the 65 classes of the split, in COCO id order, for both, so
 contiguous ids agree between training and evaluation):

@@ -1,4 +1,4 @@
-"""LVIS v1 open-vocabulary splits (METHODS "Shared conventions"; the protocol of ViLD, Detic,
+"""LVIS v1 open-vocabulary splits (methods (protocols); the protocol of ViLD, Detic,
 F-VLM, CLIPSelf):
 
 - ``lvis_v1_train_ov``: LVIS v1 train with the annotations of the 337 rare classes removed at load

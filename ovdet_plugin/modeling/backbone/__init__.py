@@ -1,6 +1,6 @@
-"""CLIP vision backbones registered in Detectron2's ``BACKBONE_REGISTRY`` (issue 3).
+"""CLIP vision backbones registered in Detectron2's ``BACKBONE_REGISTRY``.
 
-- ``build_clip_resnet_fpn_backbone``: frozen CLIP ResNet + FPN P2-P6 (F-VLM, METHODS.md 2.1).
+- ``build_clip_resnet_fpn_backbone``: frozen CLIP ResNet + FPN P2-P6 (F-VLM, methods §2.1).
 - ``build_clip_resnet_backbone``: the CLIP ResNet bottom-up alone.
 - ``build_clip_vit_sfp_backbone``: CLIP ViT + simple feature pyramid (F-ViT 3.8, RO-ViT 4.3).
 """

@@ -1,6 +1,6 @@
 """Frozen CLIP ResNet (open_clip ``ModifiedResNet``) as a Detectron2 backbone, with an FPN on top.
 
-F-VLM (METHODS.md 2.1): the OpenAI CLIP ResNet (RN50, RN50x4, RN50x16, RN50x64) is frozen
+F-VLM (methods §2.1): the OpenAI CLIP ResNet (RN50, RN50x4, RN50x16, RN50x64) is frozen
 (``train_vision_model=False``; BN uses its running averages), its stages C2-C5 feed a standard FPN
 with levels P2-P6. The CLIP tower is open_clip's module, unchanged: this file only converts its
 BatchNorm layers to :class:`detectron2.layers.FrozenBatchNorm2d`, taps its stages and freezes it.
@@ -87,7 +87,7 @@ class CLIPResNet(Backbone):
                 f"CLIPResNet out_features {list(out_features)} must be a non-empty subset of "
                 f"{list(_STAGES)} (MODEL.OVD.BACKBONE.OUT_FEATURES)."
             )
-        # BN frozen: running averages, no statistics update (METHODS 2.1).
+        # BN frozen: running averages, no statistics update (methods §2.1).
         self.visual = FrozenBatchNorm2d.convert_frozen_batchnorm(visual)
         self.freeze = bool(freeze)
         # The attention pool belongs to the VLM scorer, never to the detector's backbone.
@@ -186,7 +186,7 @@ def build_clip_resnet_backbone(cfg, input_shape: ShapeSpec) -> Backbone:
 
 @BACKBONE_REGISTRY.register()
 def build_clip_resnet_fpn_backbone(cfg, input_shape: ShapeSpec) -> Backbone:
-    """F-VLM backbone (METHODS.md 2.1): frozen CLIP ResNet C2-C5 + FPN P2-P6.
+    """F-VLM backbone (methods §2.1): frozen CLIP ResNet C2-C5 + FPN P2-P6.
 
     The FPN is Detectron2's, configured as in ``build_resnet_fpn_backbone`` by
     ``MODEL.FPN.IN_FEATURES`` / ``OUT_CHANNELS`` / ``NORM`` / ``FUSE_TYPE``; P6 is a max-pool of P5.

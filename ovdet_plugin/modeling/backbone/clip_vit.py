@@ -1,8 +1,8 @@
 """CLIP ViT (open_clip ``VisionTransformer``) as a Detectron2 backbone + simple feature pyramid.
 
-F-ViT (CLIPSelf, METHODS.md 3.8): a frozen CLIP ViT, blocks [3, 5, 7, 11] (B/16) feeding a
-simple pyramid (4x up, 2x up, identity, 2x down), the last block run value-only (METHODS 3.1).
-RO-ViT (METHODS 4.3): a fine-tuned ViT with ViTDet's simple feature pyramid and window attention.
+F-ViT (CLIPSelf, methods §3.8): a frozen CLIP ViT, blocks [3, 5, 7, 11] (B/16) feeding a
+simple pyramid (4x up, 2x up, identity, 2x down), the last block run value-only (methods §3.1).
+RO-ViT (methods §4.3): a fine-tuned ViT with ViTDet's simple feature pyramid and window attention.
 Both are this backbone with different options.
 
 - :class:`CLIPViT` runs the tower at any input size (multiple of the patch size; Detectron2
@@ -69,9 +69,9 @@ class CLIPViT(Backbone):
         Args:
             visual: open_clip ``VisionTransformer`` (``clip_model.visual``), owned by this module.
             out_indices: blocks whose outputs are returned; () = the last block.
-            freeze: frozen tower (F-ViT, METHODS 3.8): no gradient, eval mode, ``no_grad``.
-                False fine-tunes it (RO-ViT, METHODS 4.3).
-            value_only_last_block: run the last block value-only (CLIPSelf, METHODS 3.1/3.8).
+            freeze: frozen tower (F-ViT, methods §3.8): no gradient, eval mode, ``no_grad``.
+                False fine-tunes it (RO-ViT, methods §4.3).
+            value_only_last_block: run the last block value-only (CLIPSelf, methods §3.1/3.8).
             feature_stride: stride of the returned maps; 0 = patch size. Otherwise the maps are
                 resampled bilinearly from the patch grid to (H/stride, W/stride) (L/14 -> 16).
             window_size: > 0: window attention (in patches) in ``window_block_indexes``.
@@ -234,8 +234,8 @@ class CLIPSimpleFeaturePyramid(SimpleFeaturePyramid):
     """Detectron2's ``SimpleFeaturePyramid`` (ViTDet), each level fed by its own ViT block.
 
     Level ``k`` (scale ``scale_factors[k]``) takes ``in_features[k]``: F-ViT's layout (blocks
-    [3, 5, 7, 11] -> 4x up, 2x up, identity, 2x down, METHODS 3.8). A single in-feature feeds every
-    level (ViTDet / RO-ViT's ``SimpleFpnV2``, METHODS 4.3). Outputs ``p<log2 stride>``, plus one
+    [3, 5, 7, 11] -> 4x up, 2x up, identity, 2x down, methods §3.8). A single in-feature feeds every
+    level (ViTDet / RO-ViT's ``SimpleFpnV2``, methods §4.3). Outputs ``p<log2 stride>``, plus one
     max-pooled level from ``top_block``.
     """
 

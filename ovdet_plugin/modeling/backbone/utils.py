@@ -106,7 +106,7 @@ _EMBED_KEYS = (".conv1.", ".class_embedding", ".positional_embedding", ".ln_pre.
 def get_vit_lr_decay_rate(name: str, lr_decay_rate: float = 1.0, num_layers: int = 12) -> float:
     """Layer-wise learning-rate factor of a parameter of a fine-tuned CLIP ViT backbone.
 
-    ViTDet / BEiT rule (used for RO-ViT's fine-tuned backbone, METHODS 4.3): block ``i`` gets
+    ViTDet / BEiT rule (used for RO-ViT's fine-tuned backbone, methods §4.3): block ``i`` gets
     ``rate ** (L - i)``, the patch / class / positional embeddings and ``ln_pre`` get
     ``rate ** (L + 1)``, everything else (pyramid, heads, ``ln_post``) 1. Only names of the CLIP
     tower inside the backbone (``backbone.....visual.``) are decayed.

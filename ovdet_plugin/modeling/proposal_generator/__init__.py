@@ -1,5 +1,5 @@
 """Proposal generators registered in Detectron2's ``PROPOSAL_GENERATOR_REGISTRY``:
-"CenternessRPN" (RO-ViT / OLN novel-object proposals, METHODS.md 4.3)."""
+"CenternessRPN" (RO-ViT / OLN novel-object proposals, methods §4.3)."""
 
 from .centerness_rpn import (  # noqa: F401
     CenternessRPN,

@@ -1,4 +1,4 @@
-"""Novel-object proposals of RO-ViT / DITO (METHODS.md 4.3): an OLN-style RPN whose objectness is
+"""Novel-object proposals of RO-ViT / DITO (methods §4.3): an OLN-style RPN whose objectness is
 a localisation-quality (centerness) score.
 
 Differences from Detectron2's ``RPN`` (whose anchor matching, sampling, head and top-k/NMS
@@ -41,7 +41,7 @@ _SCALE_CLAMP = math.log(1000.0 / 16)
 
 
 def centerness_targets(points: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-    """Centerness of each point inside its box (FCOS / OLN, METHODS 4.3).
+    """Centerness of each point inside its box (FCOS / OLN, methods §4.3).
 
     Args:
         points: (..., 2) ``(x, y)``; boxes: (..., 4) ``(x0, y0, x1, y1)``, broadcastable.
@@ -63,7 +63,7 @@ def centerness_targets(points: torch.Tensor, boxes: torch.Tensor) -> torch.Tenso
 
 
 class LRTBTransform:
-    """Box coding by distances from the anchor centre to the four sides (METHODS 4.3).
+    """Box coding by distances from the anchor centre to the four sides (methods §4.3).
 
     ``deltas = log(d / s)`` for ``d`` in (left, top, right, bottom) and ``s`` the anchor size
     (its width), so a zero prediction is the anchor itself.
@@ -114,7 +114,7 @@ def _paired_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 @PROPOSAL_GENERATOR_REGISTRY.register()
 class CenternessRPN(RPN):
-    """OLN-style RPN of RO-ViT / DITO (METHODS 4.3); see the module docstring.
+    """OLN-style RPN of RO-ViT / DITO (methods §4.3); see the module docstring.
 
     Select it with ``MODEL.PROPOSAL_GENERATOR.NAME: "CenternessRPN"`` and
     ``MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS: [[1.0]]``.
@@ -132,7 +132,7 @@ class CenternessRPN(RPN):
     ):
         """
         Args:
-            iou_loss_weight: weight of the lrtb IoU loss (8.0, METHODS 4.3).
+            iou_loss_weight: weight of the lrtb IoU loss (8.0, methods §4.3).
             iou_loss_type: "iou" or "giou".
             centerness_loss_weight: weight of the L1 centerness loss.
             negatives_in_objectness: also train sampled negative anchors towards 0.
@@ -194,7 +194,7 @@ class CenternessRPN(RPN):
         storage.put_scalar("rpn/num_pos_anchors", pos.sum().item() / num_images)
         storage.put_scalar("rpn/num_neg_anchors", (gt_labels == 0).sum().item() / num_images)
 
-        # objectness: L1 on the sigmoid against the centerness target (RpnCenterLoss, METHODS 4.3)
+        # objectness: L1 on the sigmoid against the centerness target (RpnCenterLoss, methods §4.3)
         target = torch.where(pos, ctr, torch.zeros_like(ctr))
         valid = gt_labels >= 0 if self.negatives_in_objectness else pos
         logits = cat(pred_objectness_logits, dim=1)
@@ -202,7 +202,7 @@ class CenternessRPN(RPN):
             torch.sigmoid(logits[valid].float()), target[valid], reduction="sum"
         )
 
-        # box: IoU loss of the decoded lrtb boxes (RpnBoxIoULoss, METHODS 4.3), positives whose
+        # box: IoU loss of the decoded lrtb boxes (RpnBoxIoULoss, methods §4.3), positives whose
         # centre lies inside their box (lrtb targets exist only there)
         box_pos = pos & (ctr > 0)
         deltas = cat(pred_anchor_deltas, dim=1)  # (N, R, 4)

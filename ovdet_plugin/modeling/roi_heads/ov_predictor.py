@@ -47,9 +47,9 @@ class TextClassifier(nn.Module):
     """Cosine classifier against frozen class embeddings, with a background embedding and a
     temperature.
 
-    logits_k = cos(e, t_k) * scale, with scale = T (fixed; ViLD: 100, METHODS 1.2),
-    T / t (t learnable, init 1; F-VLM: cos / (0.01 t), METHODS 2.2) or s (learnable, init T;
-    F-ViT: init 50, METHODS 3.8).
+    logits_k = cos(e, t_k) * scale, with scale = T (fixed; ViLD: 100, methods §1.2),
+    T / t (t learnable, init 1; F-VLM: cos / (0.01 t), methods §2.2) or s (learnable, init T;
+    F-ViT: init 50, methods §3.8).
     """
 
     def __init__(
@@ -79,7 +79,7 @@ class TextClassifier(nn.Module):
             temperature: T.
             learn_temperature: "none", "inverse" (F-VLM) or "scale" (F-ViT).
             novel_mask: training-time treatment of novel-class logits: "none", "zero" (multiply
-                by 0, ViLD ``mask_rare``, METHODS 1.3) or "neg_inf" (F-ViT, METHODS 3.8).
+                by 0, ViLD ``mask_rare``, methods §1.3) or "neg_inf" (F-ViT, methods §3.8).
             train_vocabulary, test_vocabulary: the :class:`Vocabulary` the rows stand for (the
                 test one defaults to the training one); ``None`` when built from bare tensors.
             text_encoder: the :class:`VocabularyEncoder` that encoded them, kept so that a later
@@ -224,9 +224,9 @@ class OVFastRCNNOutputLayers(FastRCNNOutputLayers):
             input_shape: box-head output shape.
             text_classifier: the cosine classifier (holds the vocabularies).
             projection_bias: bias of the projection to the CLIP width (ViLD's ``project-to-clip``
-                has one; F-VLM's projection is bias-free, METHODS 2.2).
+                has one; F-VLM's projection is bias-free, methods §2.2).
             background_weight: weight of background RoIs in the softmax CE (F-VLM 0.9,
-                METHODS 2.2; F-ViT 0.9 LVIS / 0.6 COCO, METHODS 3.8); the weighted sum is divided
+                methods §2.2; F-ViT 0.9 LVIS / 0.6 COCO, methods §3.8); the weighted sum is divided
                 by the number of RoIs.
             kwargs: :class:`FastRCNNOutputLayers` arguments (num_classes must equal the training
                 vocabulary size).

@@ -53,7 +53,7 @@ def config_with_vocabulary_classes(cfg, train_vocab=None):
     if cfg.MODEL.MASK_ON and not cfg.MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK:
         raise ValueError(
             "Open-vocabulary heads predict class-agnostic masks (ViLD's mask head is "
-            "class-agnostic, METHODS 1.1): set MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK True."
+            "class-agnostic, methods §1.1): set MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK True."
         )
     return cfg
 

@@ -28,7 +28,7 @@ __all__ = ["ViLDROIHeads", "vild_distillation_loss"]
 
 
 def vild_distillation_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """ViLD-image loss (METHODS 1.4; vild_model.py ``build_losses``): both sides L2-normalised,
+    """ViLD-image loss (methods §1.4; vild_model.py ``build_losses``): both sides L2-normalised,
     per-RoI sum over dimensions of |student - teacher|, averaged over RoIs.
 
     (R, D), (R, D) -> scalar; 0 (with a gradient path) when R = 0.
