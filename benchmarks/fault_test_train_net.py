@@ -32,7 +32,7 @@ def command(out, opts, wrapper=None):
         sys.executable, *(["-c", wrapper] if wrapper else []),
         os.path.join(REPO, "tools", "train_net.py"),
         "--config-file", os.path.join(REPO, "configs", "test", "tiny_fvlm.yaml"),
-        *opts, "MODEL.META_ARCHITECTURE", "OVRCNN",
+        *opts, "MODEL.META_ARCHITECTURE", "OVDetGeneralizedRCNN",
         "DATASETS.TRAIN", '("ovdet_synthetic_train",)', "DATASETS.TEST", "()",
         "MODEL.OVD.TRAIN_VOCABULARY", "dataset:ovdet_synthetic_train",
         "SOLVER.IMS_PER_BATCH", "2", "SOLVER.BASE_LR", "0.001", "DATALOADER.NUM_WORKERS", "0",

@@ -5,7 +5,7 @@ the ``lazyconfig_train_net.py`` pattern (``tools/lazyconfig_train_net.py``).
 Detectron2's ``configs/common/models/*.py``::
 
     ovd = L(yaml_config)(config_file="lvis/fvlm_RN50_FPN.yaml", opts=[])
-    model = L(OVRCNN)(
+    model = L(OVDetGeneralizedRCNN)(
         backbone=L(build_backbone)(cfg="${ovd}"),
         proposal_generator=L(BackbonePart)(build=proposal_generator_on_backbone, cfg="${ovd}"),
         roi_heads=L(BackbonePart)(build=build_roi_heads_with_backbone, cfg="${ovd}"),
@@ -20,7 +20,8 @@ is therefore the YAML model (a test compares state-dict keys and shapes).
 - Change a recipe value with ``ovd.opts``, e.g. ``'ovd.opts=["MODEL.OVD.TRAIN_VOCABULARY","cat,
   dog"]'`` on the command line; every part sees it.
 - Replace a whole part with your own ``L(...)`` node, e.g. ``model.backbone = L(MyBackbone)(...)``:
-  the proposal generator and ROI heads are :class:`BackbonePart` s, built by ``OVRCNN`` with
+  the proposal generator and ROI heads are :class:`BackbonePart` s, built by
+  ``OVDetGeneralizedRCNN`` with
   whatever backbone it gets. That is also how the ROI heads get the backbone (their VLM scorer
   shares the frozen CLIP tower): ``instantiate`` builds each node on its own, so a node cannot
   receive the object another node becomes.
@@ -42,7 +43,7 @@ from detectron2.modeling.proposal_generator import build_proposal_generator
 from detectron2.solver import build_lr_scheduler
 
 from .config import get_ovdet_cfg
-from .modeling.meta_arch import OVRCNN, BackbonePart
+from .modeling.meta_arch import BackbonePart, OVDetGeneralizedRCNN
 from .modeling.roi_heads.ov_roi_heads import build_roi_heads_with_backbone
 
 __all__ = [
@@ -100,9 +101,10 @@ def proposal_generator_on_backbone(cfg: CfgNode, backbone):
 
 
 def ovrcnn_model(ovd: str = "${ovd}"):
-    """The ``L(OVRCNN)(...)`` tree whose parts are built from the YAML node ``ovd`` (an
+    """The ``L(OVDetGeneralizedRCNN)(...)`` tree whose parts are built from the YAML node
+    ``ovd`` (an
     interpolation to the config's ``ovd`` node by default)."""
-    return L(OVRCNN)(
+    return L(OVDetGeneralizedRCNN)(
         backbone=L(build_backbone)(cfg=ovd),
         proposal_generator=L(BackbonePart)(build=proposal_generator_on_backbone, cfg=ovd),
         roi_heads=L(BackbonePart)(build=build_roi_heads_with_backbone, cfg=ovd),

@@ -14,7 +14,7 @@ from detectron2.utils.events import EventStorage
 
 import ovdet_plugin.lazy
 from ovdet_plugin.config import get_ovdet_cfg
-from ovdet_plugin.modeling.meta_arch import OVRCNN, BackbonePart
+from ovdet_plugin.modeling.meta_arch import BackbonePart, OVDetGeneralizedRCNN
 
 TINY = [
     "MODEL.DEVICE", "cpu",
@@ -57,7 +57,7 @@ def test_lazy_config_builds_the_yaml_model(name, one_torch_thread):
     lazy.ovd.opts = opts
     torch.manual_seed(0)
     model = instantiate(lazy.model)
-    assert isinstance(model, OVRCNN)
+    assert isinstance(model, OVDetGeneralizedRCNN)
 
     yaml_cfg = get_ovdet_cfg(os.path.join(REPO_ROOT, "configs", "lvis", f"{name}.yaml"), opts)
     torch.manual_seed(0)

@@ -96,3 +96,20 @@ def test_tiny_clip_configs_are_registered_with_open_clip():
 
     for name in ovdet_plugin.clip.TINY_MODEL_NAMES:
         assert name in open_clip.list_models()
+
+
+def test_old_meta_architecture_name_still_loads_with_a_warning(caplog):
+    """OVRCNN (read as the unrelated OVR-CNN paper) is a deprecated alias of
+    OVDetGeneralizedRCNN: existing configs still build the same model."""
+    import logging
+
+    from conftest import load_test_config
+    from detectron2.modeling import build_model
+
+    from ovdet_plugin.modeling.meta_arch import OVDetGeneralizedRCNN
+
+    cfg = load_test_config("tiny_vild", "MODEL.META_ARCHITECTURE", "OVRCNN")
+    with caplog.at_level(logging.WARNING):
+        model = build_model(cfg)
+    assert isinstance(model, OVDetGeneralizedRCNN)
+    assert "deprecated" in caplog.text and "OVDetGeneralizedRCNN" in caplog.text

@@ -30,7 +30,7 @@ def run_train_net(root, out, *opts, wrapper=None, env=None):
         os.path.join(REPO_ROOT, "tools", "train_net.py"),
         "--config-file", os.path.join(REPO_ROOT, "configs", "test", "tiny_fvlm.yaml"),
         *opts,
-        "MODEL.META_ARCHITECTURE", "OVRCNN",
+        "MODEL.META_ARCHITECTURE", "OVDetGeneralizedRCNN",
         "DATASETS.TRAIN", '("ovdet_synthetic_train",)',
         "DATASETS.TEST", '("ovdet_synthetic_val",)',
         "MODEL.OVD.TRAIN_VOCABULARY", "dataset:ovdet_synthetic_train",

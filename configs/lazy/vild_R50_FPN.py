@@ -15,7 +15,7 @@ from detectron2.config import LazyCall as L
 from detectron2.modeling import build_backbone
 
 from ovdet_plugin.lazy import config_value, lazy_ovd_config, proposal_generator_on_backbone
-from ovdet_plugin.modeling.meta_arch import OVRCNN, BackbonePart
+from ovdet_plugin.modeling.meta_arch import BackbonePart, OVDetGeneralizedRCNN
 from ovdet_plugin.modeling.roi_heads.ov_roi_heads import build_roi_heads_with_backbone
 
 # the paper YAML beside this folder (LazyConfig.load defines __file__)
@@ -26,10 +26,10 @@ optimizer = _all["optimizer"]
 lr_multiplier = _all["lr_multiplier"]
 train = _all["train"]
 
-model = L(OVRCNN)(
+model = L(OVDetGeneralizedRCNN)(
     backbone=L(build_backbone)(cfg="${ovd}"),
     proposal_generator=L(BackbonePart)(build=proposal_generator_on_backbone, cfg="${ovd}"),
-    # built by OVRCNN with its backbone: the VLM scorer shares the frozen CLIP tower
+    # built by OVDetGeneralizedRCNN with its backbone: the VLM scorer shares the frozen CLIP tower
     roi_heads=L(BackbonePart)(build=build_roi_heads_with_backbone, cfg="${ovd}"),
     input_format=L(config_value)(cfg="${ovd}", key="INPUT.FORMAT"),
     vis_period=L(config_value)(cfg="${ovd}", key="VIS_PERIOD"),

@@ -1,8 +1,9 @@
-"""``OVRCNN``: Detectron2's ``GeneralizedRCNN`` that (1) hands the backbone to ovdet's ROI heads,
-so their VLM scorer shares the frozen CLIP tower (F-VLM: one backbone), and (2) hands per-image
-distillation targets (ViLD-image: precomputed proposals with CLIP crop embeddings) to ROI heads
-that use them."""
+"""``OVDetGeneralizedRCNN``: Detectron2's ``GeneralizedRCNN`` that (1) hands the backbone to
+ovdet's ROI heads, so their VLM scorer shares the frozen CLIP tower (F-VLM: one backbone), and
+(2) hands per-image distillation targets (ViLD-image: precomputed proposals with CLIP crop
+embeddings) to ROI heads that use them. ``OVRCNN`` is its deprecated former name."""
 
+import logging
 from typing import Callable
 
 from detectron2.config import configurable
@@ -12,12 +13,14 @@ from torch import nn
 
 from .roi_heads.ov_roi_heads import build_roi_heads_with_backbone
 
-__all__ = ["BackbonePart", "OVRCNN"]
+__all__ = ["BackbonePart", "OVDetGeneralizedRCNN", "OVRCNN"]
+
+logger = logging.getLogger(__name__)
 
 
 class BackbonePart:
     """A model part that can only be built once the backbone exists: ``build(backbone=...,
-    **kwargs)``. :class:`OVRCNN` builds it with its backbone.
+    **kwargs)``. :class:`OVDetGeneralizedRCNN` builds it with its backbone.
 
     The LazyConfig path needs it: ``instantiate`` builds every node on its own, so a node cannot
     receive the object another node becomes. ``L(BackbonePart)(build=build_roi_heads_with_backbone,
@@ -47,7 +50,7 @@ class BackbonePart:
 
 
 @META_ARCH_REGISTRY.register()
-class OVRCNN(GeneralizedRCNN):
+class OVDetGeneralizedRCNN(GeneralizedRCNN):
     """Same as ``GeneralizedRCNN``, except:
 
     - ovdet ROI heads are built with the backbone (:func:`build_roi_heads_with_backbone`);
@@ -102,3 +105,17 @@ class OVRCNN(GeneralizedRCNN):
             return super().forward(batched_inputs)
         finally:
             self.roi_heads.distillation_targets = None
+
+
+@META_ARCH_REGISTRY.register()
+class OVRCNN(OVDetGeneralizedRCNN):
+    """Deprecated name of :class:`OVDetGeneralizedRCNN` (it read as the unrelated OVR-CNN paper,
+    Zareian et al. 2021); kept so that existing configs load. Use
+    ``META_ARCHITECTURE: "OVDetGeneralizedRCNN"``."""
+
+    def __init__(self, *args, **kwargs):
+        logger.warning(
+            'MODEL.META_ARCHITECTURE "OVRCNN" is deprecated: it is "OVDetGeneralizedRCNN" now '
+            "(same model); update your config."
+        )
+        super().__init__(*args, **kwargs)

@@ -508,7 +508,7 @@ def _build_tower_scorer(cfg, scorer_cls, backbone: Optional[nn.Module]):
     if trunk is None:
         how = (
             f"its own {model_name} tower (no backbone with a CLIP tower was given; "
-            "META_ARCHITECTURE 'OVRCNN' shares the detector's frozen tower)"
+            "META_ARCHITECTURE 'OVDetGeneralizedRCNN' shares the detector's frozen tower)"
         )
     else:
         trains = not trunk.freeze or any(p.requires_grad for p in visual.parameters())

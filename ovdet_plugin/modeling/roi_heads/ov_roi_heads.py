@@ -8,8 +8,8 @@ the detector's class probabilities can be fused with a VLM's region scores:
     scores        = fusion rule (fusion.py)  [* objectness^w]
 
 The VLM scorer comes from ``MODEL.OVD.VLM_SCORER`` (vlm_scorers.py); given the detector's backbone
-(``OVRCNN`` passes it) it shares the backbone's frozen CLIP tower. Its boxes are the proposals the
-detector classifies. The rule comes from ``MODEL.OVD.FUSION.RULE`` (``FUSION_RULE_REGISTRY``).
+(``OVDetGeneralizedRCNN`` passes it) it shares the backbone's frozen CLIP tower. Its boxes are
+the proposals the detector classifies. The rule comes from ``MODEL.OVD.FUSION.RULE`` (``FUSION_RULE_REGISTRY``).
 """
 
 import logging
@@ -60,7 +60,7 @@ def config_with_vocabulary_classes(cfg, train_vocab=None):
 
 def build_roi_heads_with_backbone(cfg, backbone):
     """Detectron2's ``build_roi_heads``, except that ovdet's heads also get the backbone (their
-    VLM scorer shares its frozen CLIP tower). Used by ``OVRCNN``."""
+    VLM scorer shares its frozen CLIP tower). Used by ``OVDetGeneralizedRCNN``."""
     cls = ROI_HEADS_REGISTRY.get(cfg.MODEL.ROI_HEADS.NAME)
     if isinstance(cls, type) and issubclass(cls, OVROIHeads):
         return cls(cfg, backbone.output_shape(), backbone=backbone)

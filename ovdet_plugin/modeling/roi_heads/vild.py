@@ -41,7 +41,8 @@ def vild_distillation_loss(student: torch.Tensor, teacher: torch.Tensor) -> torc
 
 @ROI_HEADS_REGISTRY.register()
 class ViLDROIHeads(OVROIHeads):
-    """ViLD-text + ViLD-image (+ ViLD-ensemble). Needs the ``OVRCNN`` meta-architecture, which
+    """ViLD-text + ViLD-image (+ ViLD-ensemble). Needs the ``OVDetGeneralizedRCNN``
+    meta-architecture, which
     hands ``distillation_targets`` (one ``Instances`` with ``proposal_boxes`` and
     ``clip_embeds`` per image, or None) to these heads during training."""
 
