@@ -11,12 +11,9 @@ ovdet_plugin/lazy.py for the design.
 
 import os
 
-from detectron2.config import LazyCall as L
-from detectron2.modeling import build_backbone
+from ovdet_plugin.lazy import lazy_ovd_config
 
-from ovdet_plugin.lazy import config_value, lazy_ovd_config, proposal_generator_on_backbone
-from ovdet_plugin.modeling.meta_arch import BackbonePart, OVDetGeneralizedRCNN
-from ovdet_plugin.modeling.roi_heads.ov_roi_heads import build_roi_heads_with_backbone
+from .common import model  # noqa: F401  (the OVDetGeneralizedRCNN tree, built from ``ovd``)
 
 # the paper YAML beside this folder (LazyConfig.load defines __file__)
 _all = lazy_ovd_config(os.path.join(os.path.dirname(__file__), "..", "lvis", "fvlm_RN50_FPN.yaml"))
@@ -25,14 +22,3 @@ dataloader = _all["dataloader"]
 optimizer = _all["optimizer"]
 lr_multiplier = _all["lr_multiplier"]
 train = _all["train"]
-
-model = L(OVDetGeneralizedRCNN)(
-    backbone=L(build_backbone)(cfg="${ovd}"),
-    proposal_generator=L(BackbonePart)(build=proposal_generator_on_backbone, cfg="${ovd}"),
-    # built by OVDetGeneralizedRCNN with its backbone: the VLM scorer shares the frozen CLIP tower
-    roi_heads=L(BackbonePart)(build=build_roi_heads_with_backbone, cfg="${ovd}"),
-    input_format=L(config_value)(cfg="${ovd}", key="INPUT.FORMAT"),
-    vis_period=L(config_value)(cfg="${ovd}", key="VIS_PERIOD"),
-    pixel_mean=L(config_value)(cfg="${ovd}", key="MODEL.PIXEL_MEAN"),
-    pixel_std=L(config_value)(cfg="${ovd}", key="MODEL.PIXEL_STD"),
-)
