@@ -151,6 +151,20 @@ def box_problem(bbox, width: Optional[float] = None, height: Optional[float] = N
     return ""
 
 
+OTHER_CLASS = "of another class"
+
+
+def drop_reason(ann: Dict, keep, width: float, height: float) -> str:
+    """Why a raw annotation is not trained on ("" when it is): :data:`OTHER_CLASS` (its category
+    is not in ``keep``), or a box problem as it is logged ("without bbox", "with a bbox ...")."""
+    if ann["category_id"] not in keep:
+        return OTHER_CLASS
+    problem = box_problem(ann.get("bbox"), width, height)
+    if not problem:
+        return ""
+    return "without bbox" if problem == "no bbox" else f"with a bbox {problem}"
+
+
 def log_dropped(dropped: Counter, where: str) -> None:
     """Log what a loader dropped, counted by reason (a warning when anything was dropped)."""
     if dropped:
@@ -196,12 +210,12 @@ def map_and_filter_annotations(
     for record in dicts:
         anns = []
         for a in record["annotations"]:
-            if a["category_id"] not in keep:
+            reason = drop_reason(a, keep, record["width"], record["height"])
+            if reason == OTHER_CLASS:
                 removed += 1
                 continue
-            problem = box_problem(a.get("bbox"), record["width"], record["height"])
-            if problem:
-                dropped[f"with a bbox {problem}" if problem != "no bbox" else "without bbox"] += 1
+            if reason:
+                dropped[reason] += 1
                 continue
             a["category_id"] = id_map[a["category_id"]]
             anns.append(a)

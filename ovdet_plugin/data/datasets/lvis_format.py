@@ -24,8 +24,9 @@ from detectron2.structures import BoxMode
 
 from ...vocabulary import BASE, load_vocabulary
 from .common import (
-    box_problem,
+    OTHER_CLASS,
     class_image_count,
+    drop_reason,
     log_dropped,
     ov_metadata,
     read_json_file,
@@ -186,12 +187,12 @@ def load_lvis_format_json(
         }
         objs = []
         for ann in anns_per_image.get(img["id"], []):
-            if ann["category_id"] not in keep:
+            reason = drop_reason(ann, keep, img["width"], img["height"])
+            if reason == OTHER_CLASS:
                 removed += 1
                 continue
-            problem = box_problem(ann.get("bbox"), img["width"], img["height"])
-            if problem:
-                dropped[f"with a bbox {problem}" if problem != "no bbox" else "without bbox"] += 1
+            if reason:
+                dropped[reason] += 1
                 continue
             obj = {
                 "bbox": ann["bbox"],

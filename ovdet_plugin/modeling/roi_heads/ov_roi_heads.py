@@ -9,7 +9,8 @@ the detector's class probabilities can be fused with a VLM's region scores:
 
 The VLM scorer comes from ``MODEL.OVD.VLM_SCORER`` (vlm_scorers.py); given the detector's backbone
 (``OVDetGeneralizedRCNN`` passes it) it shares the backbone's frozen CLIP tower. Its boxes are
-the proposals the detector classifies. The rule comes from ``MODEL.OVD.FUSION.RULE`` (``FUSION_RULE_REGISTRY``).
+the proposals the detector classifies. The rule comes from ``MODEL.OVD.FUSION.RULE``
+(``FUSION_RULE_REGISTRY``).
 """
 
 import logging
