@@ -26,12 +26,12 @@ from detectron2.engine import (
     default_setup,
     default_writers,
     hooks,
-    launch,
 )
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 
 import ovdet_plugin  # noqa: F401  (registers the plugin's components)
+from ovdet_plugin.engine import launch_main
 
 logger = logging.getLogger("ovdet.lazyconfig_train_net")
 
@@ -99,12 +99,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    launch_main(main, default_argument_parser().parse_args())
