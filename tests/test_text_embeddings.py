@@ -204,3 +204,23 @@ def test_text_embeddings_from_config(tmp_path):
     te.save_embeddings_file(path, emb, load_vocabulary(VOCAB))
     cfg.MODEL.OVD.TEXT.EMBEDDINGS_FILE = path
     torch.testing.assert_close(te.text_embeddings_from_config(cfg, VOCAB), emb)
+
+
+def test_square_file_stored_transposed_is_read_by_its_unit_columns(tmp_path):
+    """A (K, D) file with K == D is ambiguous by shape: unit columns and non-unit rows mean it was
+    stored as (D, K), and it is read transposed (as non-square (D, K) files are)."""
+    names = ", ".join(f"class {i}" for i in range(8))
+    rows = F.normalize(torch.randn(8, 8, generator=torch.Generator().manual_seed(0)), dim=1)
+    path = str(tmp_path / "square.npy")
+    np.save(path, rows.t().numpy())  # stored transposed
+    torch.testing.assert_close(te.load_embeddings_file(path, names, embed_dim=8), rows)
+    np.save(path, rows.numpy())  # stored as (K, D): read as stored
+    torch.testing.assert_close(te.load_embeddings_file(path, names, embed_dim=8), rows)
+
+
+def test_names_equal_within_the_token_context_are_refused(tiny_clip):
+    model, tokenizer = tiny_clip
+    long = " ".join(["word"] * 90)  # more than CLIP's 77 tokens
+    vocab = f"{long} alpha, {long} beta, cat"
+    with pytest.raises(ValueError, match="identical CLIP embeddings.*77-token context"):
+        te.encode_vocabulary(model, tokenizer, vocab, prompts="single")

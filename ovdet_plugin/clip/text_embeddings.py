@@ -102,12 +102,31 @@ def encode_vocabulary(
         show_progress = len(batches) > _PROGRESS_MIN_BATCHES
     dim = clip_embed_dim(model)
     sums = torch.zeros(len(vocabulary), dim, dtype=torch.float64)
+    all_tokens = []
     for start in tqdm(batches, desc="text embeddings", unit="batch", disable=not show_progress):
-        tokens = tokenizer(texts[start : start + batch_size]).to(device)
-        emb = F.normalize(model.encode_text(tokens).float(), dim=-1)  # each prompt normalised
+        tokens = tokenizer(texts[start : start + batch_size])
+        all_tokens.append(tokens)
+        emb = F.normalize(model.encode_text(tokens.to(device)).float(), dim=-1)  # each normalised
         sums.index_add_(0, owner[start : start + batch_size], emb.cpu().double())
+    if all_tokens:
+        _check_classes_differ_within_context(vocabulary, owner, torch.cat(all_tokens))
     counts = torch.bincount(owner, minlength=len(vocabulary)).clamp(min=1).unsqueeze(1)
     return F.normalize((sums / counts).float(), dim=-1)  # mean, then renormalised
+
+
+def _check_classes_differ_within_context(vocabulary, owner: torch.Tensor, tokens: torch.Tensor):
+    """Refuse two classes whose prompts tokenize identically: CLIP reads at most its context
+    length (77 tokens), so names that differ only after it would get the same embedding."""
+    seen = {}
+    for k, name in enumerate(vocabulary.names):
+        key = tokens[owner == k].numpy().tobytes()
+        if key in seen and key:
+            raise ValueError(
+                f"Classes {seen[key]!r} and {name!r} get identical CLIP embeddings: their prompts "
+                f"are the same within CLIP's {tokens.shape[1]}-token context (the names differ "
+                "only after it). Shorten the names so that they differ earlier."
+            )
+        seen[key] = name
 
 
 def _cache_key(model, vocabulary, prompts, single_prompt, average_synonyms) -> dict:
@@ -259,6 +278,10 @@ def load_embeddings_file(
     k = len(vocab) if vocab is not None else arr.shape[0]
     if arr.shape[0] != k and arr.shape[1] == k:
         arr = arr.t()  # stored as (D, K), like ViLD's classifier kernel
+    elif arr.shape[0] == arr.shape[1] == k and _unit(arr.t()) and not _unit(arr):
+        # square: the orientation is told by the norms (class embeddings are unit vectors)
+        logger.info("Text-embedding file %s: square, unit columns: read as (D, K).", path)
+        arr = arr.t()
     if arr.shape[0] != k:
         raise ValueError(
             f"Text-embedding file {path!r} has shape {tuple(arr.shape)} but the vocabulary "
@@ -280,6 +303,11 @@ def load_embeddings_file(
     if not torch.isfinite(arr).all() or (arr.norm(dim=1) == 0).any():
         raise ValueError(f"Text-embedding file {path!r} has non-finite or all-zero rows")
     return F.normalize(arr, dim=-1)
+
+
+def _unit(arr: torch.Tensor) -> bool:
+    """Every row of ``arr`` has norm 1 (to 1e-3)."""
+    return bool(((arr.norm(dim=1) - 1).abs() < 1e-3).all())
 
 
 class VocabularyEncoder:
