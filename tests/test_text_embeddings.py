@@ -195,7 +195,16 @@ def test_text_embeddings_from_config(tmp_path):
     cfg.MODEL.OVD.TEXT.CACHE_DIR = str(tmp_path / "cache")
     torch.manual_seed(0)
     emb = te.text_embeddings_from_config(cfg, VOCAB, embed_dim=64)
-    assert emb.shape == (3, 64) and len(_cache_files(tmp_path / "cache")) == 1
+    # random weights (no PRETRAINED) are never cached: every build would add a file
+    cache = tmp_path / "cache"
+    assert emb.shape == (3, 64) and (not cache.exists() or not _cache_files(cache))
+    weights = str(tmp_path / "tiny.pt")
+    torch.manual_seed(0)
+    torch.save(ovdet_plugin.clip.build_clip_model("ovdet-tiny-vit").state_dict(), weights)
+    cfg.MODEL.OVD.CLIP.PRETRAINED = weights
+    loaded = te.text_embeddings_from_config(cfg, VOCAB, embed_dim=64)
+    torch.testing.assert_close(loaded, emb)  # the same weights, loaded from the file
+    assert len(_cache_files(tmp_path / "cache")) == 1  # loaded weights are cached
     with pytest.raises(
         ValueError, match="gives 64-d text embeddings but the detector head expects 512"
     ):

@@ -351,7 +351,9 @@ class VocabularyEncoder:
             single_prompt=text.SINGLE_PROMPT,
             average_synonyms=text.AVERAGE_SYNONYMS,
             batch_size=text.BATCH_SIZE,
-            cache_dir=text.CACHE_DIR or None,
+            # random weights (no PRETRAINED) differ on every build: caching them would only add
+            # a file per run, never a hit
+            cache_dir=(text.CACHE_DIR or None) if self.cfg.MODEL.OVD.CLIP.PRETRAINED else "",
         )
         if embed_dim is not None and emb.shape[1] != embed_dim:
             raise ValueError(
