@@ -154,15 +154,17 @@ def box_problem(bbox, width: Optional[float] = None, height: Optional[float] = N
 OTHER_CLASS = "of another class"
 
 
-def drop_reason(ann: Dict, keep, width: float, height: float) -> str:
-    """Why a raw annotation is not trained on ("" when it is): :data:`OTHER_CLASS` (its category
-    is not in ``keep``), or a box problem as it is logged ("without bbox", "with a bbox ...")."""
+def count_drop(ann: Dict, keep, width: float, height: float, dropped: Counter) -> bool:
+    """True when a raw annotation is not trained on; its reason is counted in ``dropped``:
+    :data:`OTHER_CLASS` (its category is not in ``keep``; callers ``pop`` it, since that is a
+    split, not a problem) or a box problem as it is logged ("without bbox", "with a bbox ...")."""
     if ann["category_id"] not in keep:
-        return OTHER_CLASS
+        dropped[OTHER_CLASS] += 1
+        return True
     problem = box_problem(ann.get("bbox"), width, height)
-    if not problem:
-        return ""
-    return "without bbox" if problem == "no bbox" else f"with a bbox {problem}"
+    if problem:
+        dropped["without bbox" if problem == "no bbox" else f"with a bbox {problem}"] += 1
+    return bool(problem)
 
 
 def log_dropped(dropped: Counter, where: str) -> None:
@@ -206,22 +208,18 @@ def map_and_filter_annotations(
     id_map = meta["thing_dataset_id_to_contiguous_id"]
     splits = meta["thing_class_splits"]
     keep = {d for d, i in id_map.items() if not base_only or splits[i] == BASE}
-    out, removed, dropped = [], 0, Counter()
+    out, dropped = [], Counter()
     for record in dicts:
         anns = []
         for a in record["annotations"]:
-            reason = drop_reason(a, keep, record["width"], record["height"])
-            if reason == OTHER_CLASS:
-                removed += 1
-                continue
-            if reason:
-                dropped[reason] += 1
+            if count_drop(a, keep, record["width"], record["height"], dropped):
                 continue
             a["category_id"] = id_map[a["category_id"]]
             anns.append(a)
         record["annotations"] = anns
         if anns or not drop_empty:
             out.append(record)
+    removed = dropped.pop(OTHER_CLASS, 0)
     log_dropped(dropped, source)
     if base_only and not out:
         raise ValueError(

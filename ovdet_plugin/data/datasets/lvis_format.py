@@ -26,7 +26,7 @@ from ...vocabulary import BASE, load_vocabulary
 from .common import (
     OTHER_CLASS,
     class_image_count,
-    drop_reason,
+    count_drop,
     log_dropped,
     ov_metadata,
     read_json_file,
@@ -175,7 +175,7 @@ def load_lvis_format_json(
             continue
         anns_per_image.setdefault(ann["image_id"], []).append(ann)
 
-    dataset_dicts, removed = [], 0
+    dataset_dicts = []
     for img in sorted(data["images"], key=lambda x: x["id"]):
         record = {
             "file_name": _image_path(image_root, img),
@@ -187,12 +187,7 @@ def load_lvis_format_json(
         }
         objs = []
         for ann in anns_per_image.get(img["id"], []):
-            reason = drop_reason(ann, keep, img["width"], img["height"])
-            if reason == OTHER_CLASS:
-                removed += 1
-                continue
-            if reason:
-                dropped[reason] += 1
+            if count_drop(ann, keep, img["width"], img["height"], dropped):
                 continue
             obj = {
                 "bbox": ann["bbox"],
@@ -226,6 +221,7 @@ def load_lvis_format_json(
         gone = set(missing)
         dataset_dicts = [r for r in dataset_dicts if r["file_name"] not in gone]
     kept = sum(len(r["annotations"]) for r in dataset_dicts)
+    removed = dropped.pop(OTHER_CLASS, 0)
     if base_only and data["annotations"] and not kept:
         raise ValueError(
             f"{json_file}: base_only removed every annotation (no category is 'base': each is "
