@@ -254,3 +254,59 @@ def test_demo_same_names_corrupt_image_16bit_and_overrides_after_input(tmp_path)
     assert sorted(os.listdir(out)) == ["deep.png", "img.png", "img_2.png"]
     drawn = cv2.imread(str(out / "deep.png"))
     assert int(drawn[20, 25, 0]) == 156  # scaled to 8 bits, not saturated at 255
+
+
+def _no_model(*args, **kwargs):
+    raise AssertionError("the model was built before the check")
+
+
+@pytest.mark.parametrize(
+    "opts,words",
+    [
+        (["MODEL.OVD.TRAIN_VOCABULARY", "cat, dog"], ["MODEL.OVD.TRAIN_VOCABULARY", "has 2"]),
+        (
+            ["DATASETS.TEST", '("bad_input_synthetic_val",)', "MODEL.OVD.TEST_VOCABULARY", "a, b"],
+            ["MODEL.OVD.TEST_VOCABULARY", "has 2"],
+        ),
+    ],
+    ids=["train vocabulary", "test vocabulary (evaluated after training)"],
+)
+def test_vocabulary_mismatch_fails_before_the_model_is_built(tmp_path, monkeypatch, opts, words):
+    import detectron2.engine.defaults as d2_defaults
+    from conftest import load_test_config
+
+    from ovdet_plugin.engine import OVDTrainer
+
+    monkeypatch.setattr(d2_defaults, "build_model", _no_model)  # what DefaultTrainer calls
+    base = ["MODEL.DEVICE", "cpu", "OUTPUT_DIR", str(tmp_path / "out"), "DATASETS.TEST", "()"]
+    base += ["DATASETS.TRAIN", '("bad_input_synthetic_train",)']
+    base += ["MODEL.OVD.TRAIN_VOCABULARY", "dataset:bad_input_synthetic_train"]
+    with pytest.raises(AssertionError, match="model was built"):  # matching: reaches the build
+        OVDTrainer(load_test_config("tiny_fvlm", *base))
+    with pytest.raises(ValueError, match="dataset:bad_input_synthetic") as info:
+        OVDTrainer(load_test_config("tiny_fvlm", *base, *opts))
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_eval_only_vocabulary_mismatch_fails_before_the_model_is_built(tmp_path, monkeypatch):
+    import importlib.util
+
+    from ovdet_plugin.engine import OVDTrainer
+
+    spec = importlib.util.spec_from_file_location(
+        "train_net_tool", os.path.join(REPO_ROOT, "tools", "train_net.py")
+    )
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    monkeypatch.setattr(OVDTrainer, "build_model", classmethod(_no_model))
+    args = tool.add_dataset_arguments(tool.default_argument_parser()).parse_args(
+        [
+            "--config-file", os.path.join(REPO_ROOT, "configs", "test", "tiny_fvlm.yaml"),
+            "--eval-only", "MODEL.WEIGHTS", str(tmp_path / "m.pth"), "MODEL.DEVICE", "cpu",
+            "OUTPUT_DIR", str(tmp_path / "out"), "DATASETS.TEST", '("bad_input_synthetic_val",)',
+            "MODEL.OVD.TEST_VOCABULARY", "cat, dog",
+        ]
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="MODEL.OVD.TEST_VOCABULARY 'cat, dog' has 2 classes"):
+        tool.main(args)

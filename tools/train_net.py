@@ -16,6 +16,7 @@ from detectron2.engine import default_argument_parser
 import ovdet_plugin  # noqa: F401  (registers the plugin)
 from ovdet_plugin.data.datasets import add_dataset_arguments
 from ovdet_plugin.engine import OVDTrainer, launch_main, setup_ovdet_cfg
+from ovdet_plugin.engine.checks import check_vocabularies_match_datasets
 from ovdet_plugin.utils.checkpoint import AtomicCheckpointer
 
 
@@ -27,6 +28,7 @@ def main(args):
                 "--eval-only needs trained weights: add MODEL.WEIGHTS path/to/model_final.pth "
                 "(or --resume to evaluate OUTPUT_DIR's last checkpoint)."
             )
+        check_vocabularies_match_datasets(cfg, train=False)  # before the model is built
         model = OVDTrainer.build_model(cfg)
         checkpointer = AtomicCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
         checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)

@@ -16,6 +16,7 @@ from ..vocabulary import Vocabulary, load_vocabulary
 
 __all__ = [
     "check_device",
+    "check_vocabularies_match_datasets",
     "check_vocabulary_matches_dataset",
     "check_writable_dir",
 ]
@@ -106,3 +107,31 @@ def check_vocabulary_matches_dataset(
             f"{len(classes)} classes differently ({shown}): boxes would be trained or evaluated "
             f"under wrong names. {fix}"
         )
+
+
+def evaluation_vocabulary(cfg):
+    """(vocabulary spec, config key that gave it) used at evaluation: ``TEST_VOCABULARY``, or
+    ``TRAIN_VOCABULARY`` when it is empty."""
+    if cfg.MODEL.OVD.TEST_VOCABULARY:
+        return cfg.MODEL.OVD.TEST_VOCABULARY, "MODEL.OVD.TEST_VOCABULARY"
+    return (
+        cfg.MODEL.OVD.TRAIN_VOCABULARY,
+        "MODEL.OVD.TRAIN_VOCABULARY (MODEL.OVD.TEST_VOCABULARY is empty)",
+    )
+
+
+def check_vocabularies_match_datasets(cfg, train: bool = True, test: bool = True) -> None:
+    """:func:`check_vocabulary_matches_dataset` for every ``DATASETS.TRAIN`` dataset (the
+    training vocabulary, ``train``) and every ``DATASETS.TEST`` dataset (the test vocabulary,
+    ``test``: evaluated at the end of training too). Reads only the registered metadata, so it
+    runs before the model is built; a dataset whose classes are known only once it is loaded is
+    checked again when the loaders are built."""
+    if train:
+        for name in cfg.DATASETS.TRAIN:
+            check_vocabulary_matches_dataset(
+                cfg.MODEL.OVD.TRAIN_VOCABULARY, name, "MODEL.OVD.TRAIN_VOCABULARY"
+            )
+    if test:
+        spec, option = evaluation_vocabulary(cfg)
+        for name in cfg.DATASETS.TEST:
+            check_vocabulary_matches_dataset(spec, name, option)

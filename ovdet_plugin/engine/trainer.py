@@ -19,7 +19,7 @@ It also makes runs safe to kill and resume, and checks its inputs first:
   uninterrupted one (exactly with ``DATALOADER.NUM_WORKERS 0`` and batches that aspect-ratio
   grouping does not reorder);
 - the device, ``OUTPUT_DIR``, and the vocabularies against the datasets' classes are checked
-  before training or inference starts (``ovdet_plugin.engine.checks``).
+  before the model is built (``ovdet_plugin.engine.checks``).
 """
 
 import json
@@ -36,7 +36,11 @@ from ..data.dataset_mapper import OVDDatasetMapper
 from ..evaluation import build_ov_evaluator
 from ..utils.atomic_io import atomic_write_path
 from ..utils.checkpoint import AtomicCheckpointer
-from .checks import check_vocabulary_matches_dataset
+from .checks import (
+    check_vocabularies_match_datasets,
+    check_vocabulary_matches_dataset,
+    evaluation_vocabulary,
+)
 from .optimizer import build_ovdet_optimizer
 from .setup import check_ovdet_cfg
 from .train_loop import InfiniteShardedSampler, get_seed, step_seed
@@ -54,18 +58,16 @@ class OVDTrainer(DefaultTrainer):
 
     def __init__(self, cfg):
         check_ovdet_cfg(cfg)
+        # before DefaultTrainer builds the model (and CLIP): the vocabularies against the
+        # registered datasets' classes, the test one too (evaluated after training)
+        check_vocabularies_match_datasets(cfg)
         super().__init__(cfg)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
-        # the test loader was built first, so the dataset's metadata is known: check before
-        # inference that the test vocabulary names the dataset's classes in its order
-        test_spec = cfg.MODEL.OVD.TEST_VOCABULARY or cfg.MODEL.OVD.TRAIN_VOCABULARY
-        option = (
-            "MODEL.OVD.TEST_VOCABULARY"
-            if cfg.MODEL.OVD.TEST_VOCABULARY
-            else ("MODEL.OVD.TRAIN_VOCABULARY (MODEL.OVD.TEST_VOCABULARY is empty)")
-        )
+        # checked before the model was built when the metadata was registered; again here, as
+        # the test loader was built first, for a dataset whose classes are known only once loaded
+        test_spec, option = evaluation_vocabulary(cfg)
         check_vocabulary_matches_dataset(test_spec, dataset_name, option)
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         return build_ov_evaluator(dataset_name, output_dir=output_folder)
@@ -88,6 +90,7 @@ class OVDTrainer(DefaultTrainer):
         ``TrainingSampler`` is replaced by the equivalent ``InfiniteShardedSampler`` (seeded by
         ``SEED``), whose start the trainer sets on resume; it is the loader's ``ovdet_sampler``."""
         kwargs = _train_loader_from_config(cfg, mapper=OVDDatasetMapper(cfg, is_train=True))
+        # (checked before the model was built too; again for classes known only once loaded)
         for name in cfg.DATASETS.TRAIN:
             check_vocabulary_matches_dataset(
                 cfg.MODEL.OVD.TRAIN_VOCABULARY, name, "MODEL.OVD.TRAIN_VOCABULARY"
