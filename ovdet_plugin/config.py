@@ -7,7 +7,13 @@ sources). Keys live under ``MODEL.OVD`` so that they never collide with Detectro
 
 from detectron2.config import CfgNode as CN
 
-__all__ = ["add_ovdet_config", "get_ovdet_cfg"]
+__all__ = ["add_ovdet_config", "get_ovdet_cfg", "require_ovdet_config"]
+
+# The fix for a config without the ovdet keys, named wherever one is met.
+ADD_CONFIG_HINT = (
+    "Call ovdet_plugin.add_ovdet_config(cfg) right after cfg = get_cfg() and before "
+    "cfg.merge_from_file(...), or build the config with ovdet_plugin.get_ovdet_cfg(yaml_path)."
+)
 
 
 def add_ovdet_config(cfg: CN) -> CN:
@@ -38,6 +44,15 @@ def _merge_missing(cfg: CN, defaults: CN) -> None:
             cfg[key] = value
         elif isinstance(value, CN) and isinstance(cfg[key], CN):
             _merge_missing(cfg[key], value)
+
+
+def require_ovdet_config(cfg: CN, user: str = "ovdet_plugin") -> None:
+    """Raise ``KeyError`` naming the fix when ``cfg`` lacks the ``MODEL.OVD`` keys (a plain
+    Detectron2 ``get_cfg()``), instead of a bare ``AttributeError: OVD`` deep inside."""
+    if "OVD" not in cfg.get("MODEL", {}):
+        raise KeyError(
+            f"{user} was given a config without the ovdet keys (no MODEL.OVD). {ADD_CONFIG_HINT}"
+        )
 
 
 def get_ovdet_cfg(config_file: str = "", opts=()) -> CN:

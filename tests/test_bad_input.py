@@ -310,3 +310,20 @@ def test_eval_only_vocabulary_mismatch_fails_before_the_model_is_built(tmp_path,
     )  # fmt: skip
     with pytest.raises(ValueError, match="MODEL.OVD.TEST_VOCABULARY 'cat, dog' has 2 classes"):
         tool.main(args)
+
+
+def test_plain_get_cfg_without_ovdet_keys_names_add_ovdet_config(tmp_path):
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model
+
+    from ovdet_plugin.engine import OVDTrainer
+
+    yaml_path = os.path.join(REPO_ROOT, "configs", "test", "tiny_rcnn.yaml")
+    with pytest.raises(KeyError, match="Non-existent config key: MODEL.OVD"):
+        get_cfg().merge_from_file(yaml_path)  # Detectron2's own error: the README names the fix
+    plain = get_cfg()
+    plain.MODEL.META_ARCHITECTURE = "OVDetGeneralizedRCNN"
+    plain.MODEL.DEVICE, plain.OUTPUT_DIR = "cpu", str(tmp_path / "out")
+    for build in (OVDTrainer, build_model):  # the plugin's entry points that take a cfg
+        with pytest.raises(KeyError, match=r"no MODEL.OVD.*add_ovdet_config\(cfg\)"):
+            build(plain)

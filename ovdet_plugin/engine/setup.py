@@ -12,7 +12,7 @@ from detectron2.engine import default_setup, launch
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from ..config import get_ovdet_cfg
+from ..config import get_ovdet_cfg, require_ovdet_config
 from ..data.datasets.custom import merge_dataset_arguments, register_datasets_from_config
 from .checks import check_device, check_writable_dir
 
@@ -20,8 +20,9 @@ __all__ = ["check_ovdet_cfg", "launch_main", "setup_ovdet_cfg"]
 
 
 def check_ovdet_cfg(cfg) -> None:
-    """The checks that need no data or model: ``MODEL.DEVICE`` exists here and ``OUTPUT_DIR``
-    is writable (created if needed). Raise with the fix."""
+    """The checks that need no data or model: the config has the ovdet keys, ``MODEL.DEVICE``
+    exists here and ``OUTPUT_DIR`` is writable (created if needed). Raise with the fix."""
+    require_ovdet_config(cfg, "OVDTrainer")
     check_device(cfg.MODEL.DEVICE)
     check_writable_dir(cfg.OUTPUT_DIR, "OUTPUT_DIR")
 

@@ -11,6 +11,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN, build_backb
 from detectron2.modeling.proposal_generator import build_proposal_generator
 from torch import nn
 
+from ..config import require_ovdet_config
 from .roi_heads.ov_roi_heads import build_roi_heads_with_backbone
 
 __all__ = ["BackbonePart", "OVDetGeneralizedRCNN", "OVRCNN"]
@@ -82,6 +83,7 @@ class OVDetGeneralizedRCNN(GeneralizedRCNN):
 
     @classmethod
     def from_config(cls, cfg):
+        require_ovdet_config(cfg, "MODEL.META_ARCHITECTURE " + cfg.MODEL.META_ARCHITECTURE)
         backbone = build_backbone(cfg)
         return {
             "backbone": backbone,
