@@ -4,10 +4,12 @@ problem and the fix, or is dropped and counted, never trained, evaluated or draw
 Table-driven: every row is (case id, callable that must raise, exception type, words the message
 must contain)."""
 
+import errno
 import json
 import os
 import subprocess
 import sys
+import tempfile
 
 import cv2
 import numpy as np
@@ -63,11 +65,31 @@ def _truncated(tmp_path):
     return str(path)
 
 
-def _readonly_dir(tmp_path):
+def _readonly_dir(tmp_path, monkeypatch):
+    """A read-only folder. Root ignores permissions, so as root writes under it are refused the
+    way the OS refuses them to other users: ``tempfile`` raises ``PermissionError`` there."""
     folder = tmp_path / "ro"
     folder.mkdir()
     os.chmod(folder, 0o500)
+    if os.access(folder, os.W_OK):  # root
+
+        def refusing(real):
+            def wrapped(*args, dir=None, **kwargs):
+                if dir is not None and os.path.abspath(dir).startswith(str(folder)):
+                    raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), dir)
+                return real(*args, dir=dir, **kwargs)
+
+            return wrapped
+
+        monkeypatch.setattr(tempfile, "TemporaryFile", refusing(tempfile.TemporaryFile))
+        monkeypatch.setattr(tempfile, "mkstemp", refusing(tempfile.mkstemp))
     return str(folder)
+
+
+def _under_a_file(tmp_path):
+    """A folder path below a regular file: not creatable, even by root."""
+    (tmp_path / "plain_file").write_text("x")
+    return str(tmp_path / "plain_file" / "sub")
 
 
 RAISING = [
@@ -162,12 +184,35 @@ def test_bad_input_is_refused_with_the_fix(tmp_path, case, fn, error, words):
         assert word in str(info.value), (case, str(info.value))
 
 
-def test_readonly_output_dir_is_refused(tmp_path):
-    folder = _readonly_dir(tmp_path)
-    if os.access(folder, os.W_OK):  # root ignores permissions
-        pytest.skip("running as root: permissions are not enforced")
-    with pytest.raises(PermissionError, match="OUTPUT_DIR .* not writable"):
-        check_writable_dir(os.path.join(folder, "sub"), "OUTPUT_DIR")
+@pytest.mark.parametrize("how", ["read-only", "under a file"])
+def test_unwritable_output_dir_is_refused(tmp_path, monkeypatch, how):
+    if how == "read-only":
+        path = os.path.join(_readonly_dir(tmp_path, monkeypatch), "sub")
+    else:
+        path = _under_a_file(tmp_path)
+    with pytest.raises(PermissionError, match="OUTPUT_DIR .* not writable") as info:
+        check_writable_dir(path, "OUTPUT_DIR")
+    assert path in str(info.value) and "set OUTPUT_DIR" in str(info.value)
+
+
+@pytest.mark.parametrize("how", ["read-only", "under a file"])
+def test_unwritable_text_cache_warns_once_and_encodes_uncached(
+    tiny_clip, tmp_path, monkeypatch, caplog, how
+):
+    from ovdet_plugin.clip import text_embeddings as te
+
+    model, tokenizer = tiny_clip
+    folder = _readonly_dir(tmp_path, monkeypatch) if how == "read-only" else _under_a_file(tmp_path)
+    kwargs = dict(prompts="single", cache_dir=folder)
+    with caplog.at_level("WARNING"):
+        emb = te.get_text_embeddings(model, tokenizer, "cat, dog", **kwargs)
+        again = te.get_text_embeddings(model, tokenizer, "cat, dog", **kwargs)
+    torch.testing.assert_close(emb, again)
+    assert emb.shape[0] == 2
+    warnings = [r.getMessage() for r in caplog.records if "is not writable" in r.getMessage()]
+    assert len(warnings) == 1, caplog.text  # once per folder
+    assert folder in warnings[0] and "MODEL.OVD.TEXT.CACHE_DIR" in warnings[0]
+    assert not os.path.isdir(folder) or not os.listdir(folder)  # nothing written there
 
 
 def test_dropped_annotations_are_counted_by_reason(tmp_path, caplog):

@@ -7,7 +7,9 @@ synonyms) is encoded and L2-normalised; the class embedding is their mean, L2-no
 Cache: one file per (model name, text-weights checksum, prompt set, names[, synonyms]) under
 ``$OVDET_CACHE`` (default ``~/.cache/ovdet``)``/text_embeddings``. Files are written atomically
 and carry a checksum of their content; a corrupt, truncated or mismatching file is detected,
-logged and rebuilt, never half-read.
+logged and rebuilt, never half-read. A cache folder that cannot be written (read-only, a path
+under a file) is warned about once, naming the folder and the fix, before encoding; the
+embeddings are then encoded without caching (a valid file already there is still read).
 """
 
 import hashlib
@@ -15,6 +17,7 @@ import json
 import logging
 import os
 import re
+import tempfile
 from typing import List, Optional
 
 import numpy as np
@@ -43,6 +46,8 @@ logger = logging.getLogger(__name__)
 _CACHE_FORMAT = 1
 # Show a progress bar when a vocabulary needs more text-tower batches than this.
 _PROGRESS_MIN_BATCHES = 4
+# Cache folders already warned about as not writable (one warning per folder and process).
+_UNWRITABLE_WARNED = set()
 
 
 def default_cache_dir() -> str:
@@ -179,6 +184,30 @@ def _write_cache(path: str, key: dict, key_hash: str, emb: torch.Tensor) -> None
         torch.save(blob, tmp)
 
 
+def _cache_dir_problem(folder: str) -> Optional[str]:
+    """Why no file can be written in ``folder`` (created if needed), or None if one can."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        return e.strerror or str(e)
+    return None
+
+
+def _warn_uncached(folder: str, reason: str) -> None:
+    if folder in _UNWRITABLE_WARNED:
+        return
+    _UNWRITABLE_WARNED.add(folder)
+    logger.warning(
+        "Text-embedding cache folder %s is not writable (%s): vocabularies are encoded without "
+        "caching, again on every run. Set MODEL.OVD.TEXT.CACHE_DIR (or $OVDET_CACHE; "
+        "cache_dir= in the API) to a writable folder, or fix the folder's permissions.",
+        folder,
+        reason,
+    )
+
+
 def get_text_embeddings(
     model: nn.Module,
     tokenizer,
@@ -204,14 +233,26 @@ def get_text_embeddings(
     key_hash = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
     safe_model = re.sub(r"[^A-Za-z0-9._-]+", "_", key["model"])
     filename = f"{safe_model}-{prompts}-{len(vocabulary)}cls-{key_hash[:16]}.pt"
-    path = os.path.join(cache_dir or default_cache_dir(), filename)
+    folder = cache_dir or default_cache_dir()
+    path = os.path.join(folder, filename)
     emb = _read_cache(path, key_hash, len(vocabulary))
     if emb is None:
+        problem = _cache_dir_problem(folder)  # found before encoding, not after
+        if problem:
+            _warn_uncached(folder, problem)
         emb = encode_vocabulary(
             model, tokenizer, vocabulary, batch_size=batch_size, show_progress=show_progress, **args
         )
-        _write_cache(path, key, key_hash, emb)
-        logger.info("Encoded %d classes with %s; cached at %s", len(vocabulary), key["model"], path)
+        if problem is None:
+            try:
+                _write_cache(path, key, key_hash, emb)
+            except OSError as e:  # e.g. the disk filled up while writing
+                _warn_uncached(folder, e.strerror or str(e))
+                problem = str(e)
+        if problem is None:
+            logger.info(
+                "Encoded %d classes with %s; cached at %s", len(vocabulary), key["model"], path
+            )
     return emb
 
 
