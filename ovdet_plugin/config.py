@@ -205,6 +205,11 @@ def _add_roi_heads_config(cfg: CN) -> None:
     _C.MODEL.OVD.INPUT.LSJ_SIZE = 0
     # Range of the random scale factor of the jitter ([0.1, 2.0] in all three papers).
     _C.MODEL.OVD.INPUT.LSJ_SCALE = [0.1, 2.0]
+    # Training images that cannot be read when their turn comes (deleted, unreadable or corrupt
+    # since the dataset was loaded) are skipped with a warning naming each file; the run stops
+    # with the file named once more than this many were skipped in one loader process.
+    # 0 stops at the first one (Detectron2's own behaviour, with the file named).
+    _C.MODEL.OVD.INPUT.MAX_UNREADABLE_IMAGES = 10
 
     _C.MODEL.OVD.SOLVER = CN()
     # Optimizer of tools/train_net.py (OVDTrainer): "SGD" (ViLD, F-VLM, methods §1.8, 2.6) or

@@ -372,3 +372,55 @@ def test_plain_get_cfg_without_ovdet_keys_names_add_ovdet_config(tmp_path):
     for build in (OVDTrainer, build_model):  # the plugin's entry points that take a cfg
         with pytest.raises(KeyError, match=r"no MODEL.OVD.*add_ovdet_config\(cfg\)"):
             build(plain)
+
+
+def test_image_gone_in_the_middle_of_training_is_skipped_then_refused(tmp_path, caplog):
+    from detectron2.data import transforms as T
+
+    from ovdet_plugin.data.dataset_mapper import OVDDatasetMapper, UnreadableImageError
+
+    def image(name):
+        cv2.imwrite(str(tmp_path / name), np.zeros((20, 30, 3), np.uint8))
+        return {"file_name": str(tmp_path / name), "height": 20, "width": 30, "image_id": name,
+                "annotations": []}  # fmt: skip
+
+    kwargs = dict(augmentations=[T.NoOpTransform()], image_format="BGR")
+    kwargs.update(dataset_names=("my_train",), max_unreadable_images=1)
+    train, test = OVDDatasetMapper(True, **kwargs), OVDDatasetMapper(False, **kwargs)
+    good, gone, corrupt = image("good.png"), image("gone.png"), image("corrupt.png")
+    os.remove(gone["file_name"])  # deleted after the dataset was loaded
+    (tmp_path / "corrupt.png").write_bytes(b"not a png any more")
+    assert train(dict(good))["image"].shape == (3, 20, 30)
+    with caplog.at_level("WARNING"):
+        assert train(dict(gone)) is None  # skipped: Detectron2's loader takes another image
+    for word in ["gone.png", "'my_train'", "1 of at most 1"]:
+        assert word in caplog.text, caplog.text
+    with pytest.raises(UnreadableImageError) as info:  # over the cap: stops, file named
+        train(dict(corrupt))
+    for word in ["corrupt.png", "'my_train'", "MAX_UNREADABLE_IMAGES (1)", "restore the file"]:
+        assert word in str(info.value), str(info.value)
+    with pytest.raises(UnreadableImageError, match="gone.png.*restore the file"):
+        test(dict(gone))  # never skipped at test time: the metrics would change
+    from detectron2.data import build_detection_train_loader
+
+    lenient = OVDDatasetMapper(True, **{**kwargs, "max_unreadable_images": 100})
+    loader = build_detection_train_loader(
+        [good, gone], mapper=lenient, total_batch_size=2, num_workers=0,
+        aspect_ratio_grouping=False,
+    )  # fmt: skip
+    batch = next(iter(loader))  # the loader goes on with the readable image
+    assert [d["image_id"] for d in batch] == ["good.png", "good.png"]
+
+
+def test_ovdtrainer_test_loader_names_an_unreadable_image_and_its_dataset(tmp_path):
+    from conftest import load_test_config
+    from detectron2.data import DatasetCatalog
+
+    from ovdet_plugin.data.dataset_mapper import UnreadableImageError
+    from ovdet_plugin.engine import OVDTrainer
+
+    gone = {"file_name": str(tmp_path / "gone.png"), "height": 20, "width": 30, "image_id": 1}
+    DatasetCatalog.register("bad_input_gone_test", lambda: [gone])
+    cfg = load_test_config("tiny_fvlm", "MODEL.DEVICE", "cpu", "DATALOADER.NUM_WORKERS", "0")
+    with pytest.raises(UnreadableImageError, match="gone.png.*'bad_input_gone_test'"):
+        next(iter(OVDTrainer.build_test_loader(cfg, "bad_input_gone_test")))

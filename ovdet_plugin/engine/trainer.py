@@ -25,7 +25,7 @@ It also makes runs safe to kill and resume, and checks its inputs first:
 import json
 import os
 
-from detectron2.data import build_detection_train_loader
+from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.data.build import _train_loader_from_config
 from detectron2.data.samplers import TrainingSampler
 from detectron2.engine import DefaultTrainer
@@ -104,6 +104,13 @@ class OVDTrainer(DefaultTrainer):
         loader = build_detection_train_loader(**kwargs, seed=get_seed(cfg))
         loader.ovdet_sampler = sampler
         return loader
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        """Detectron2's test loader with ``OVDDatasetMapper`` (at test time Detectron2's
+        ``DatasetMapper``, except that an image that cannot be read is named with its dataset)."""
+        mapper = OVDDatasetMapper(cfg, is_train=False, dataset_names=(dataset_name,))
+        return build_detection_test_loader(cfg, dataset_name, mapper=mapper)
 
     @classmethod
     def build_optimizer(cls, cfg, model):
