@@ -424,3 +424,62 @@ def test_ovdtrainer_test_loader_names_an_unreadable_image_and_its_dataset(tmp_pa
     cfg = load_test_config("tiny_fvlm", "MODEL.DEVICE", "cpu", "DATALOADER.NUM_WORKERS", "0")
     with pytest.raises(UnreadableImageError, match="gone.png.*'bad_input_gone_test'"):
         next(iter(OVDTrainer.build_test_loader(cfg, "bad_input_gone_test")))
+
+
+def _vild_folder(folder, dataset_name, files, record=True):
+    """ViLD embeddings for image ids 1.. with these file names, as the precompute tool writes."""
+    from ovdet_plugin.data.vild_embeddings import ViLDEmbeddingWriter, dataset_record
+
+    dicts = [{"image_id": i + 1, "file_name": f"/data/{f}"} for i, f in enumerate(files)]
+    dataset = dataset_record(dataset_name, dicts) if record else None
+    writer = ViLDEmbeddingWriter(str(folder), embed_dim=4, dataset=dataset)
+    for d in dicts:
+        box, emb = torch.tensor([[0.0, 0, 5, 5]]), torch.eye(4)[:1]
+        writer.add(d["image_id"], box, emb, file_name=d["file_name"] if record else None)
+    writer.flush()
+    return str(folder)
+
+
+def test_vild_embeddings_of_another_dataset_are_refused(tmp_path, caplog):
+    from ovdet_plugin.data.vild_embeddings import ViLDEmbeddingStore, ViLDEmbeddingWriter
+
+    folder = _vild_folder(tmp_path / "emb", "coco_train", ["a.jpg", "b.jpg"])
+    store = ViLDEmbeddingStore(folder)
+    assert store.dataset["name"] == "coco_train" and store.dataset["num_images"] == 2
+    same = [{"image_id": 1, "file_name": "/else/a.jpg"}, {"image_id": 2, "file_name": "b.jpg"}]
+    store.check_dataset(same, ["coco_train_ov"])  # the same images (another root): accepted
+    other = [{"image_id": 1, "file_name": "/x/a.jpg"}, {"image_id": 2, "file_name": "/x/z.jpg"}]
+    with pytest.raises(ValueError) as info:
+        store.check_dataset(other, ["my_train"])
+    for word in ["'coco_train' (2 images)", "'my_train'", "1 of its 2 image ids", "'b.jpg' there",
+                 "'z.jpg' here", "precompute_vild_embeddings.py", "EMBEDDINGS_DIR"]:  # fmt: skip
+        assert word in str(info.value), str(info.value)
+    with pytest.raises(ValueError, match="image_id 2 is 'b.jpg', not 'z.jpg'"):
+        store.get(2, "/x/z.jpg")  # the mapper's per-image check
+    with pytest.raises(ValueError, match="1 of the 3 images .* 'my_train' have none"):
+        store.check_dataset(same + [{"image_id": 3, "file_name": "c.jpg"}], ["my_train"])
+    with pytest.raises(ValueError, match="holds embeddings of dataset 'coco_train'.*my_train"):
+        ViLDEmbeddingWriter(folder, embed_dim=4, dataset=dict(store.dataset, name="my_train"))
+    old = _vild_folder(tmp_path / "old", "", ["a.jpg"], record=False)  # an older tool's folder
+    with caplog.at_level("WARNING"):
+        ViLDEmbeddingStore(old).check_dataset(other, ["my_train"])
+    assert (
+        "do not record the dataset" in caplog.text and "precompute_vild_embeddings" in caplog.text
+    )
+
+
+def test_trainer_refuses_vild_embeddings_of_another_dataset_before_training(tmp_path):
+    from conftest import load_test_config
+    from detectron2.data import DatasetCatalog
+
+    from ovdet_plugin.engine import OVDTrainer
+
+    n = len(DatasetCatalog.get("bad_input_synthetic_train"))
+    folder = _vild_folder(tmp_path / "emb", "lvis_v1_train", [f"x{i}.jpg" for i in range(n)])
+    cfg = load_test_config(
+        "tiny_fvlm", "MODEL.DEVICE", "cpu", "DATASETS.TRAIN", '("bad_input_synthetic_train",)',
+        "MODEL.OVD.TRAIN_VOCABULARY", "dataset:bad_input_synthetic_train",
+        "MODEL.OVD.VILD.EMBEDDINGS_DIR", folder, "DATALOADER.NUM_WORKERS", "0",
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="'lvis_v1_train'.*'bad_input_synthetic_train'"):
+        OVDTrainer.build_train_loader(cfg)

@@ -113,6 +113,12 @@ def test_precompute_tool_with_a_proposal_file(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     store = ViLDEmbeddingStore(str(out))
     assert len(store) == len(ids)
+    # the dataset it was computed for is recorded, and checked against the training data
+    assert store.dataset["name"] == "ovdet_synthetic_train" and store.dataset["num_images"] == 3
+    names = {im["id"]: im["file_name"] for im in train["images"]}
+    store.check_dataset([{"image_id": i, "file_name": names[i]} for i in ids])
+    with pytest.raises(ValueError, match="computed for dataset 'ovdet_synthetic_train'"):
+        store.check_dataset([{"image_id": ids[0], "file_name": "another.png"}], ["other"])
     boxes, embeds = store.get(ids[0])
     np.testing.assert_allclose(boxes, proposals["boxes"][0])
     torch.testing.assert_close(embeds.norm(dim=1), torch.ones(2), atol=1e-3, rtol=0)

@@ -7,7 +7,9 @@ Proposals come from a Detectron2 proposal file (``--proposals file.pkl``, the fo
 (``--config-file`` + ``MODEL.WEIGHTS``, e.g. an RPN trained on base classes). Each box is cropped
 at 1x and 1.5x its size (``--scales``), resized to the CLIP tower's input size, encoded, L2-
 normalised; the scales are averaged and renormalised. Results go to --output as shards that a
-later run resumes from (images already indexed are skipped).
+later run resumes from (images already indexed are skipped). The index records the dataset
+(name, image count, a digest of the ids and file names) and each image's file name: training
+refuses embeddings computed for another dataset, and a folder of another dataset is not resumed.
 
 Many processes: ``--num-gpus N`` (and ``--num-machines/--machine-rank/--dist-url``) runs the tool
 through Detectron2's ``launch``; process ``r`` of ``w`` takes images ``r, r + w, ...`` of the
@@ -51,6 +53,7 @@ from ovdet_plugin.data.datasets import (
 )
 from ovdet_plugin.data.vild_embeddings import (
     ViLDEmbeddingWriter,
+    dataset_record,
     iter_missing,
     merge_index_parts,
 )
@@ -136,7 +139,7 @@ def encode_share(args, cfg, dicts, writer, model, resize, clip_model, logger) ->
                 writer.add_failure(d["image_id"], reason)
                 failures.append((d["file_name"], reason))
                 continue
-            writer.add(d["image_id"], boxes, embeds)
+            writer.add(d["image_id"], boxes, embeds, file_name=d["file_name"])
     finally:
         writer.flush()
     return failures
@@ -165,7 +168,11 @@ def main(args):
     clip_model = build_clip_model(args.clip_model, args.clip_pretrained, device=args.device)
     dim = clip_model.text_projection.shape[1]
     writer = ViLDEmbeddingWriter(
-        args.output, embed_dim=dim, shard_size=args.shard_size, part=f"rank{rank}"
+        args.output,
+        embed_dim=dim,
+        shard_size=args.shard_size,
+        part=f"rank{rank}",
+        dataset=dataset_record(args.dataset, dicts),  # checked when the folder is trained on
     )
     share = dicts[rank::world]  # the same images for a rank whatever has been done
     todo = iter_missing(share, writer.done_ids())

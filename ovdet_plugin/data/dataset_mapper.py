@@ -146,7 +146,8 @@ class OVDDatasetMapper(DatasetMapper):
             return
         if self.vild_store.skip_reason(dataset_dict["image_id"]) is not None:
             return  # no distillation RoIs for this image (the heads train it on the text loss)
-        boxes, embeds = self.vild_store.get(dataset_dict["image_id"])
+        # (with the file name: an id stored for another dataset's image is refused)
+        boxes, embeds = self.vild_store.get(dataset_dict["image_id"], dataset_dict.get("file_name"))
         boxes, embeds = boxes[: self.max_vild_proposals], embeds[: self.max_vild_proposals]
         moved = Boxes(torch.as_tensor(transforms.apply_box(boxes), dtype=torch.float32))
         moved.clip(image_shape)

@@ -95,6 +95,9 @@ class OVDTrainer(DefaultTrainer):
             check_vocabulary_matches_dataset(
                 cfg.MODEL.OVD.TRAIN_VOCABULARY, name, "MODEL.OVD.TRAIN_VOCABULARY"
             )
+        store = kwargs["mapper"].vild_store
+        if store is not None:  # ViLD embeddings of these images, not another dataset's
+            store.check_dataset(kwargs["dataset"], cfg.DATASETS.TRAIN)
         sampler = None
         if type(kwargs["sampler"]) is TrainingSampler:
             sampler = InfiniteShardedSampler(len(kwargs["dataset"]), seed=get_seed(cfg))
