@@ -32,7 +32,13 @@ from .modeling import meta_arch as _meta_arch  # noqa: E402,F401
 from .modeling import proposal_generator as _proposal_generator  # noqa: E402,F401
 from .modeling import roi_heads as _roi_heads  # noqa: E402,F401
 from .modeling import vlm_scorers as _vlm_scorers  # noqa: E402,F401
-from .modeling.vocabulary_swap import set_vocabulary  # noqa: E402
+from .modeling.vocabulary_swap import keep_text_encoder, set_vocabulary  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["add_ovdet_config", "get_ovdet_cfg", "set_vocabulary", "__version__"]
+__all__ = [
+    "add_ovdet_config",
+    "get_ovdet_cfg",
+    "keep_text_encoder",
+    "set_vocabulary",
+    "__version__",
+]

@@ -32,6 +32,8 @@ def test_demo_on_a_folder_writes_one_png_per_image(tmp_path):
     drawn = cv2.imread(str(out / "img0.png"))
     assert drawn.shape == (70, 90, 3)
     assert "Test vocabulary set: 3 classes" in result.stdout + result.stderr
+    # encoded with the build's text tower (kept for the swap), not a second random CLIP
+    assert "not the build's" not in result.stdout + result.stderr
 
 
 def test_demo_rejects_a_missing_input(tmp_path):

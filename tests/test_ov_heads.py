@@ -236,8 +236,9 @@ def test_old_vild_ensemble_keys_name_their_replacement():
 
 
 def test_vocabularies_are_resolved_once_and_swaps_reuse_the_text_tower(monkeypatch):
-    """Issue 12: the build resolves MODEL.OVD.*_VOCABULARY once and hands the pair to the
-    predictor; a swap encodes with the build's text encoder, so no second CLIP is built."""
+    """The build resolves MODEL.OVD.*_VOCABULARY once and hands the pair to the predictor; a
+    swap encodes with the build's text encoder (kept by keep_text_encoder), so no second CLIP
+    is built."""
     from ovdet_plugin.clip import text_embeddings
     from ovdet_plugin.modeling.roi_heads import ov_predictor
     from ovdet_plugin.modeling.vocabulary_swap import get_test_vocabulary
@@ -248,11 +249,14 @@ def test_vocabularies_are_resolved_once_and_swaps_reuse_the_text_tower(monkeypat
     monkeypatch.setattr(
         text_embeddings, "build_clip_model", lambda *a: clips.append(a) or build_clip(*a)
     )
-    model, _ = build("tiny_fvlm")
+    with ovdet_plugin.keep_text_encoder() as kept:
+        model, cfg = build("tiny_fvlm")
     assert loads == ["coco"] and len(clips) == 1  # train vocabulary once; one text tower
     clf = model.roi_heads.text_classifier
     assert get_test_vocabulary(model) is clf.train_vocabulary and len(clf.train_vocabulary) == 80
-    vocab = ovdet_plugin.set_vocabulary(model, "cat, remote control, sofa")  # no cfg needed
+    vocab = ovdet_plugin.set_vocabulary(
+        model, "cat, remote control, sofa", cfg, encoder=kept.encoder
+    )
     assert len(clips) == 1 and get_test_vocabulary(model) is vocab
     assert clf.test_base_mask.tolist() == [False] * 3
 

@@ -8,8 +8,9 @@
 --input takes image files and/or folders (every .jpg/.jpeg/.png/.bmp inside); one PNG per image is
 written to --output (``name.png``; ``name_2.png``, ... when two inputs share a name). A --vocabulary
 other than the config's is swapped into the built model (``ovdet_plugin.set_vocabulary``, with the
-text tower of the build): no rebuild, no second CLIP, no NUM_CLASSES to edit. Runs on CPU or GPU
-(MODEL.DEVICE).
+text encoder of the build, kept by ``ovdet_plugin.keep_text_encoder`` only when --vocabulary is
+given and released after the swap): no rebuild, no second CLIP, no NUM_CLASSES to edit. Runs on
+CPU or GPU (MODEL.DEVICE).
 
 Checked before the model is built: MODEL.WEIGHTS is set (or --random-weights), the device exists,
 --output is writable, every input exists. An unreadable image is reported and skipped; the exit
@@ -139,9 +140,10 @@ def main(argv=None):
     register_datasets_from_config(cfg)  # the vocabulary may be "dataset:NAME"
     typed = load_vocabulary(args.vocabulary) if args.vocabulary else None
     cfg.freeze()
-    predictor = DefaultPredictor(cfg)
-    # the build resolved and encoded the config's vocabulary; swap only for another one, with
-    # the text encoder of the build (no second CLIP)
+    # the build resolves and encodes the config's vocabulary; only a typed vocabulary may need
+    # its text encoder afterwards (a swap with the build's text tower: no second CLIP)
+    with ovdet_plugin.keep_text_encoder(typed is not None) as kept:
+        predictor = DefaultPredictor(cfg)
     vocabulary = get_test_vocabulary(predictor.model)
     if typed is not None and typed.names != vocabulary.names:
         if cfg.MODEL.OVD.TEXT.EMBEDDINGS_FILE:
@@ -151,7 +153,8 @@ def main(argv=None):
                 "MODEL.OVD.CLIP instead of reading MODEL.OVD.TEXT.EMBEDDINGS_FILE %s.",
                 cfg.MODEL.OVD.TEXT.EMBEDDINGS_FILE,
             )
-        vocabulary = ovdet_plugin.set_vocabulary(predictor.model, typed)
+        vocabulary = ovdet_plugin.set_vocabulary(predictor.model, typed, cfg, encoder=kept.encoder)
+    kept.release()  # the images need no text tower
     key = hashlib.sha1("\n".join(vocabulary.names).encode()).hexdigest()[:12]
     metadata = MetadataCatalog.get(f"__ovdet_demo_{key}")
     if not metadata.get("thing_classes"):

@@ -85,14 +85,16 @@ def main(argv=None) -> int:
         opts += ["MODEL.DEVICE", "cpu"]  # the check runs on the CPU (ONNX Runtime)
     cfg = ovdet_plugin.get_ovdet_cfg(args.config_file, opts)
     cfg.freeze()
-    model = build_model(cfg)
+    with ovdet_plugin.keep_text_encoder(bool(args.vocabulary)) as kept:
+        model = build_model(cfg)
     if cfg.MODEL.WEIGHTS:
         DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
     else:
         logger.warning("MODEL.WEIGHTS is empty: exporting randomly initialised weights.")
     model.eval()
     if args.vocabulary:
-        ovdet_plugin.set_vocabulary(model, args.vocabulary, cfg)
+        ovdet_plugin.set_vocabulary(model, args.vocabulary, cfg, encoder=kept.encoder)
+    kept.release()
     image = load_image(cfg, args.sample_image)
     exported = trace(model, image)
     os.makedirs(args.output, exist_ok=True)

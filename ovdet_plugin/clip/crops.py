@@ -1,21 +1,29 @@
 """Box crops of an image encoded by CLIP: enlarge the boxes, crop, normalise, encode. The one
 home of this pipeline, used by ViLD's teacher embeddings (``tools/precompute_vild_embeddings.py``,
-methods §1.4-1.5) and CLIPSelf's teacher (methods §3.3-3.4).
+methods §1.4-1.5), CLIPSelf's teacher (methods §3.3-3.4) and the zero-shot crop check
+(:mod:`ovdet_plugin.evaluation.zero_shot_crops`, with the generated dataset's
+:func:`~ovdet_plugin.data.synthetic.iter_object_crops`).
 
-Two crop styles, because the papers differ:
+Three crop styles, because their users differ:
 
 - :func:`roi_align_crops` (ViLD): each box resampled to ``size`` x ``size`` by an aligned
   RoIAlign (2 samples per bin), so the aspect ratio is not kept;
 - :func:`padded_crops` (CLIPSelf, open_clip ``ResizeMaxSize``): the pixels inside the box's
-  integer edges, long side resized to ``size`` (bicubic, antialiased), centred zero padding.
+  integer edges, long side resized to ``size`` (bicubic, antialiased), centred zero padding;
+- :func:`square_crops` (the zero-shot crop check): the box plus a margin of ``context`` times
+  its size on every side (:func:`context_boxes`), padded to a square with the colour of its
+  border and resized with OpenCV (:func:`square_resize`).
 
-Images are float RGB in [0, 1] with shape (3, H, W); boxes are (M, 4) XYXY in pixels; crops keep
-the order of the boxes. :func:`encode_crops` normalises crops with CLIP's mean/std and returns
-L2-normalised embeddings.
+Images are float RGB in [0, 1] with shape (3, H, W), except for the zero-shot style, which
+works on the uint8 (H, W, 3) RGB arrays images are read as; boxes are (M, 4) XYXY in pixels;
+crops keep the order of the boxes. :func:`encode_crops` normalises [0, 1] crops with CLIP's
+mean/std and returns L2-normalised embeddings.
 """
 
 from typing import Callable, List, Optional, Sequence
 
+import cv2
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
@@ -24,6 +32,8 @@ from .constants import CLIP_MEAN, CLIP_STD
 from .loading import clip_image_size
 
 __all__ = [
+    "context_boxes",
+    "context_crops",
     "crop_embeddings",
     "crop_pixels",
     "encode_crops",
@@ -33,6 +43,9 @@ __all__ = [
     "pixel_boxes",
     "resize_max_size",
     "roi_align_crops",
+    "square_crops",
+    "square_resize",
+    "uint8_to_unit",
 ]
 
 
@@ -55,6 +68,21 @@ def pixel_boxes(boxes: torch.Tensor, *, width: int, height: int) -> torch.Tensor
     x1 = torch.maximum(boxes[:, 2].ceil().clamp(max=width), x0 + 1)
     y1 = torch.maximum(boxes[:, 3].ceil().clamp(max=height), y0 + 1)
     return torch.stack([x0, y0, x1, y1], dim=1)
+
+
+def context_boxes(boxes, context: float, *, width: int, height: int) -> torch.Tensor:
+    """(M, 4) XYXY boxes (a tensor, array or nested list) grown by a margin of ``context`` times
+    their own width / height on every side, then rounded outwards to integer edges inside the
+    image (:func:`pixel_boxes`). Float64.
+
+    The enlargement of :func:`enlarge_boxes` with scale ``1 + 2 context``, written as a margin
+    (``x0 - context (x1 - x0)``): the arithmetic the zero-shot crop figures were computed with
+    (the two can differ by one float rounding, hence by one pixel after the rounding outwards).
+    """
+    boxes = torch.as_tensor(boxes, dtype=torch.float64).reshape(-1, 4)
+    margin = (boxes[:, 2:] - boxes[:, :2]) * context
+    grown = torch.cat([boxes[:, :2] - margin, boxes[:, 2:] + margin], dim=1)
+    return pixel_boxes(grown, width=width, height=height)
 
 
 def crop_pixels(image: torch.Tensor, boxes: torch.Tensor) -> List[torch.Tensor]:
@@ -101,6 +129,46 @@ def roi_align_crops(
     rois = enlarge_boxes(boxes, scale, width=w, height=h)
     index = torch.zeros(len(rois), 1, dtype=rois.dtype, device=rois.device)
     return roi_align(image[None], torch.cat([index, rois], 1), size, 1.0, 2, True)
+
+
+def context_crops(image: np.ndarray, boxes, context: float) -> List[np.ndarray]:
+    """Views ``image[y0:y1, x0:x1]`` of an (H, W, C) array for the boxes of
+    :func:`context_boxes` (the box plus ``context`` times its size on every side)."""
+    h, w = image.shape[:2]
+    rounded = context_boxes(boxes, context, width=w, height=h)
+    return [image[int(y0) : int(y1), int(x0) : int(x1)] for x0, y0, x1, y1 in rounded.tolist()]
+
+
+def square_resize(crop: np.ndarray, size: int) -> np.ndarray:
+    """Pad an RGB uint8 (h, w, 3) crop to a square (centred, filled with the mean colour of the
+    crop's border pixels, so the padding looks like the background) and resize it to ``size``
+    (OpenCV: area interpolation when shrinking, bilinear when enlarging)."""
+    h, w = crop.shape[:2]
+    side = max(h, w)
+    border = np.concatenate([crop[0], crop[-1], crop[:, 0], crop[:, -1]], axis=0)
+    fill = border.reshape(-1, 3).mean(axis=0).round().astype(np.uint8)
+    out = np.empty((side, side, 3), dtype=np.uint8)
+    out[:] = fill
+    y0, x0 = (side - h) // 2, (side - w) // 2
+    out[y0 : y0 + h, x0 : x0 + w] = crop
+    interp = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
+    return cv2.resize(out, (size, size), interpolation=interp)
+
+
+def uint8_to_unit(images: np.ndarray) -> torch.Tensor:
+    """(N, H, W, 3) uint8 RGB -> (N, 3, H, W) float in [0, 1] (what :func:`encode_crops`
+    takes)."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+
+
+def square_crops(image: np.ndarray, boxes, size: int, context: float = 0.1) -> torch.Tensor:
+    """The zero-shot check's crops of a uint8 (H, W, 3) RGB image: (M, 3, size, size) float in
+    [0, 1], each box with a margin of ``context`` times its size (:func:`context_crops`), padded
+    to a square and resized (:func:`square_resize`)."""
+    crops = [square_resize(c, size) for c in context_crops(image, boxes, context)]
+    if not crops:
+        return torch.zeros(0, 3, size, size)
+    return uint8_to_unit(np.stack(crops))
 
 
 def normalize_for_clip(x: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,7 @@
-"""Swap the vocabulary of a built detector without rebuilding it."""
+"""Swap the vocabulary of a built detector without rebuilding it: encode the names, then hand
+the rows to every :meth:`TextClassifier.set_vocabulary` of the model. The encoder is the build's
+when the build ran inside :func:`keep_text_encoder` (no second CLIP), else one made from the
+config."""
 
 import logging
 from typing import List, Optional
@@ -7,9 +10,9 @@ import torch
 
 from ..clip.text_embeddings import VocabularyEncoder
 from ..vocabulary import Vocabulary, load_vocabulary
-from .roi_heads.ov_predictor import TextClassifier
+from .roi_heads.ov_predictor import TextClassifier, keep_text_encoder
 
-__all__ = ["get_test_vocabulary", "set_vocabulary"]
+__all__ = ["get_test_vocabulary", "keep_text_encoder", "set_vocabulary"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +40,7 @@ def set_vocabulary(
     cfg=None,
     *,
     text_embeddings: Optional[torch.Tensor] = None,
+    encoder: Optional[VocabularyEncoder] = None,
 ) -> Vocabulary:
     """Make ``model`` detect ``vocabulary`` at inference (eval mode); training is unaffected.
 
@@ -44,24 +48,31 @@ def set_vocabulary(
         model: a detector holding open-vocabulary heads (any module with a ``TextClassifier``).
         vocabulary: anything :func:`load_vocabulary` takes ("lvis", "cat, sofa", a file, ...).
             Base/novel flags travel with it; a custom vocabulary is all novel.
-        cfg: the model's config; used only for a classifier built without a text encoder. A
-            classifier built from a config encodes with the encoder of its build (the same
-            ``MODEL.OVD.CLIP`` / ``TEXT`` settings, and its text tower once built).
+        cfg: the model's config: without ``encoder``, the vocabulary is encoded with a
+            :class:`VocabularyEncoder` of it (``MODEL.OVD.CLIP`` / ``TEXT``; it builds a CLIP).
         text_embeddings: (K, D) precomputed embeddings instead of encoding.
+        encoder: the build's encoder (:func:`keep_text_encoder`), whose text tower is reused.
     Returns:
         the loaded :class:`Vocabulary` (e.g. for ``MetadataCatalog`` ``thing_classes``).
     """
     vocabulary = load_vocabulary(vocabulary)
     classifiers = _text_classifiers(model)
     if text_embeddings is None:
-        encoder = classifiers[0].text_encoder  # the build's, with its text tower: no 2nd CLIP
         if encoder is None:
             if cfg is None:
                 raise ValueError(
-                    "set_vocabulary needs text_embeddings, or the model's cfg to encode the "
-                    "vocabulary: this classifier was built without a text encoder."
+                    "set_vocabulary needs the model's cfg to encode the vocabulary (or the "
+                    "build's encoder= from keep_text_encoder(), or text_embeddings=)."
                 )
-            encoder = VocabularyEncoder(cfg)
+            if not cfg.MODEL.OVD.CLIP.PRETRAINED:
+                logger.warning(
+                    "MODEL.OVD.CLIP.PRETRAINED is empty: the vocabulary is encoded by a new "
+                    "randomly initialised CLIP, not the build's; build the model inside "
+                    "keep_text_encoder() and pass encoder= to reuse the build's."
+                )
+            # the file of MODEL.OVD.TEXT.EMBEDDINGS_FILE serves the training vocabulary only,
+            # as in the build
+            encoder = VocabularyEncoder(cfg, file_vocabulary=classifiers[0].train_vocabulary)
         text_embeddings = encoder(vocabulary)
     for classifier in classifiers:
         classifier.set_vocabulary(vocabulary, text_embeddings)

@@ -6,7 +6,8 @@ import os
 from typing import Dict, Iterator, Optional, Sequence
 
 import cv2
-import numpy as np
+
+from ...clip.crops import context_crops
 
 __all__ = ["iter_object_crops", "load_captions"]
 
@@ -27,7 +28,8 @@ def iter_object_crops(
     Args:
         dataset_dir: the generated folder.
         context: the box is enlarged by this fraction of its size on every side (clipped to the
-            image), as region classifiers usually see a little context.
+            image), as region classifiers usually see a little context
+            (:func:`ovdet_plugin.clip.crops.context_crops`).
         min_area: skip objects with fewer visible pixels.
         min_visible: skip objects showing less than this fraction of their pixels (occluded or
             cut by the image border), from the annotations' ``visible_fraction``.
@@ -57,12 +59,8 @@ def iter_object_crops(
                 raise FileNotFoundError(f"Could not read image {path}")
             cache_id, cache_img = ann["image_id"], cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
         x, y, w, h = ann["bbox"]
-        H, W = cache_img.shape[:2]
-        x0, y0 = max(0, int(np.floor(x - context * w))), max(0, int(np.floor(y - context * h)))
-        x1 = min(W, int(np.ceil(x + w + context * w)))
-        y1 = min(H, int(np.ceil(y + h + context * h)))
         yield {
-            "image": cache_img[y0:y1, x0:x1].copy(),
+            "image": context_crops(cache_img, [[x, y, x + w, y + h]], context)[0].copy(),
             "category_id": cat["id"],
             "name": cat["name"],
             "frequency": cat["frequency"],

@@ -13,10 +13,16 @@ test one (used in eval mode; ``MODEL.OVD.TEST_VOCABULARY``, or swapped at any ti
 checkpoints never carry text embeddings, so a model trained on one vocabulary loads and predicts
 with any other. The vocabularies are resolved once, when the ROI heads are built
 (:func:`resolve_vocabularies`), and passed down to the classifier.
+
+The text encoder (:class:`VocabularyEncoder`, with its CLIP text tower once built) is not kept by
+the model: it lives as long as the build, unless the build runs inside :func:`keep_text_encoder`,
+which hands it to the caller for a later vocabulary swap (``tools/demo.py --vocabulary``).
 """
 
+import contextlib
 import logging
-from typing import Dict, Optional, Sequence
+from contextvars import ContextVar
+from typing import Dict, Iterator, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +34,7 @@ from torch import nn
 from ...clip.text_embeddings import VocabularyEncoder
 from ...vocabulary import Vocabulary, load_vocabulary
 
-__all__ = ["OVFastRCNNOutputLayers", "TextClassifier"]
+__all__ = ["OVFastRCNNOutputLayers", "TextClassifier", "TextEncoderKeeper", "keep_text_encoder"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +72,6 @@ class TextClassifier(nn.Module):
         novel_mask: str = "none",
         train_vocabulary: Optional[Vocabulary] = None,
         test_vocabulary: Optional[Vocabulary] = None,
-        text_encoder: Optional[VocabularyEncoder] = None,
     ):
         """
         Args:
@@ -82,15 +87,13 @@ class TextClassifier(nn.Module):
                 by 0, ViLD ``mask_rare``, methods §1.3) or "neg_inf" (F-ViT, methods §3.8).
             train_vocabulary, test_vocabulary: the :class:`Vocabulary` the rows stand for (the
                 test one defaults to the training one); ``None`` when built from bare tensors.
-            text_encoder: the :class:`VocabularyEncoder` that encoded them, kept so that a later
-                swap (:func:`ovdet_plugin.set_vocabulary`) reuses its text tower instead of
-                building a second CLIP. It is a plain attribute: not in ``state_dict``, not moved
-                by ``.to()``.
+
+        The classifier holds embeddings, never a text encoder: a swap encodes outside it
+        (:func:`ovdet_plugin.set_vocabulary`) and hands the rows to :meth:`set_vocabulary`.
         """
         super().__init__()
         self.train_vocabulary = train_vocabulary
         self.test_vocabulary = test_vocabulary if test_vocabulary is not None else train_vocabulary
-        self.text_encoder = text_encoder
         dim = train_embeddings.shape[1]
         self.embed_dim = dim
         self.background = _check_choice(
@@ -293,6 +296,43 @@ def weighted_background_ce(logits: torch.Tensor, gt_classes: torch.Tensor, bg_we
     return (ce * weights).sum() / max(len(gt_classes), 1)
 
 
+class TextEncoderKeeper:
+    """What :func:`keep_text_encoder` yields: ``encoder``, the :class:`VocabularyEncoder` of the
+    last text classifier built inside the ``with`` block (None before one is built), for a later
+    vocabulary swap to reuse its text tower (:func:`ovdet_plugin.set_vocabulary` ``encoder=``).
+    :meth:`release` drops it (and with it the text tower, if nothing else holds it)."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self.encoder: Optional[VocabularyEncoder] = None
+
+    def release(self) -> None:
+        self.encoder = None
+
+
+_KEEPER: ContextVar[Optional[TextEncoderKeeper]] = ContextVar("ovdet_text_encoder", default=None)
+
+
+@contextlib.contextmanager
+def keep_text_encoder(enabled: bool = True) -> Iterator[TextEncoderKeeper]:
+    """Keep the text encoder of the models built inside the block, for a vocabulary swap::
+
+        with keep_text_encoder() as kept:
+            model = build_model(cfg)
+        ovdet_plugin.set_vocabulary(model, "cat, sofa", cfg, encoder=kept.encoder)
+        kept.release()
+
+    Outside such a block (training, evaluation) the encoder and its CLIP are dropped when the
+    build returns. ``enabled=False`` yields a keeper that keeps nothing (``encoder`` stays None).
+    """
+    keeper = TextEncoderKeeper(enabled)
+    token = _KEEPER.set(keeper)
+    try:
+        yield keeper
+    finally:
+        _KEEPER.reset(token)
+
+
 def resolve_vocabularies(cfg, vocabularies=None):
     """(train, test) vocabularies from ``MODEL.OVD.TRAIN/TEST_VOCABULARY`` (the test one is the
     training one when ``TEST_VOCABULARY`` is ""); ``vocabularies`` already resolved are returned
@@ -332,8 +372,10 @@ def build_text_classifier_args(cfg, vocabularies=None) -> dict:
         novel_mask=c.NOVEL_MASK,
         train_vocabulary=train_vocab,
         test_vocabulary=test_vocab,
-        text_encoder=encoder,
     )
+    keeper = _KEEPER.get()
+    if keeper is not None and keeper.enabled:
+        keeper.encoder = encoder  # else the encoder, with its CLIP, goes when this returns
     return {
         "text_classifier": classifier,
         "projection_bias": c.PROJECTION_BIAS,
