@@ -45,7 +45,7 @@ def region_accuracy(dataset_dir, model, tokenizer, scorer, split="val", prompts=
         x = ((x - mean) / std)[None]
         boxes = torch.tensor([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2],
                                a["bbox"][1] + a["bbox"][3]] for a in anns])  # fmt: skip
-        predicted += [cats[i]["id"] for i in (scorer(x, boxes) @ text.t()).argmax(1).tolist()]
+        predicted += [cats[i]["id"] for i in (scorer(x, boxes=boxes) @ text.t()).argmax(1).tolist()]
         true += [a["category_id"] for a in anns]
     return group_accuracy(predicted, true, [frequency[c] for c in true])
 

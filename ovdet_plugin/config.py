@@ -338,7 +338,9 @@ def _add_pretraining_config(cfg: CN) -> None:
     # one sample per output cell, no half-pixel shift (torchvision roi_align aligned=False,
     # sampling_ratio=1); "detectron2" = the half-pixel-aligned variant (aligned=True).
     _C.MODEL.OVD.ROVIT.CPE_CROP_CONVENTION = "official"
-    # Contrastive loss: "focal" (RO-ViT focal contrastive loss, methods §4.2) or "softmax" (CLIP).
+    # Contrastive loss: "focal" (RO-ViT focal contrastive loss, methods §4.2), "softmax" (CLIP), or
+    # "multipos" (softmax with every pair of equal captions in the batch as positives: for caption
+    # sets with repeated captions, e.g. short ones over few classes; not in the papers).
     _C.MODEL.OVD.ROVIT.LOSS = "focal"
     # Focal loss alpha (positive weight; negatives 1 - alpha) and gamma (methods §4.2: 0.5, 1.0).
     _C.MODEL.OVD.ROVIT.FOCAL_ALPHA = 0.5
@@ -347,6 +349,15 @@ def _add_pretraining_config(cfg: CN) -> None:
     # The focal loss is a sum; "batch" divides it by the global batch size (its
     # loss_normalizing_factor, methods §4.2), "none" keeps the plain sum.
     _C.MODEL.OVD.ROVIT.FOCAL_NORMALIZER = "batch"
+    # Start the focal loss with a learnable logit bias of this value and the logit scale at
+    # LOGIT_SCALE_INIT (SigLIP's -10 and 10; methods §4.2). open_clip's CLIP models have no bias:
+    # a randomly initialised one with the focal loss and no bias stays on a plateau where the
+    # negatives dominate (measured on the generated data). 0.0 = no bias (a model's own, e.g. a
+    # SigLIP checkpoint's, is kept).
+    _C.MODEL.OVD.ROVIT.LOGIT_BIAS_INIT = 0.0
+    # Initial logit scale (multiplier, not its log) when training from scratch; 0.0 keeps the
+    # model's (open_clip: 1 / 0.07).
+    _C.MODEL.OVD.ROVIT.LOGIT_SCALE_INIT = 0.0
     # Image embedding: "cls" (the tower's own pooling: class token or attention pool) or "gap"
     # (global average pooling of patch tokens, then ln_post and proj; RO-ViT, methods §4.3).
     _C.MODEL.OVD.ROVIT.POOLING = "gap"

@@ -7,6 +7,8 @@ Example::
     python tools/generate_synthetic_data.py --out datasets/ovdet_synthetic --seed 0
     python tools/generate_synthetic_data.py --out /tmp/tiny --num-train 100 --num-val 20 \
         --num-pretrain 200
+    python tools/generate_synthetic_data.py --out /tmp/captions --pretrain-style scene_crops \
+        --num-pretrain 100000          # the tiny CLIP's caption images
     python tools/generate_synthetic_data.py --out /tmp/mine --coco-format   # + COCO-format files
 """
 
@@ -35,6 +37,14 @@ def main(argv=None) -> int:
     parser.add_argument("--image-size", type=int, default=defaults.image_size)
     parser.add_argument("--pretrain-image-size", type=int, default=defaults.pretrain_image_size)
     parser.add_argument("--max-objects", type=int, default=defaults.max_objects)
+    parser.add_argument(
+        "--pretrain-style",
+        choices=["objects", "scene_crops"],
+        default=defaults.pretrain_style,
+        help="caption images: small images of whole objects with varied captions, or crops "
+        "around the objects of detection-like scenes (the tiny-CLIP recipe, "
+        "configs/pretraining/tiny_synthetic.yaml)",
+    )
     parser.add_argument("--image-format", choices=["png", "jpg"], default=defaults.image_format)
     parser.add_argument("--segmentation", choices=["polygon", "rle"], default=defaults.segmentation)
     parser.add_argument(
@@ -58,6 +68,7 @@ def main(argv=None) -> int:
         image_size=args.image_size,
         pretrain_image_size=args.pretrain_image_size,
         max_objects=args.max_objects,
+        pretrain_style=args.pretrain_style,
         image_format=args.image_format,
         segmentation=args.segmentation,
     )

@@ -1,15 +1,20 @@
 """Image-text contrastive losses: RO-ViT's focal contrastive loss (methods §4.2) and CLIP's
-softmax cross-entropy, plus the cross-rank feature gathering both use under DDP."""
+softmax cross-entropy, a multi-positive softmax for repeated captions, plus the cross-rank
+gathering they use under DDP."""
 
-from typing import Optional, Tuple
+import hashlib
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
 __all__ = [
+    "caption_ids",
     "focal_contrastive_loss",
     "gather_features",
+    "gather_ids",
+    "multipositive_softmax_loss",
     "sigmoid_focal_matrix_loss",
     "softmax_contrastive_loss",
 ]
@@ -110,8 +115,10 @@ def multipositive_softmax_loss(
 ) -> torch.Tensor:
     """Softmax contrastive loss for batches with repeated captions: the target of row i spreads
     evenly over every j whose caption equals i's, instead of the diagonal alone (equal to
-    :func:`softmax_contrastive_loss` when all captions differ). Not in the papers; used for the
-    tiny generated-data pretraining, where a batch holds the same caption several times.
+    :func:`softmax_contrastive_loss` when all captions differ). Not in the papers (RO-ViT and CLIP
+    assume unique captions); ``MODEL.OVD.ROVIT.LOSS "multipos"``, for caption sets where a batch
+    holds the same caption several times (short captions, few classes, the generated data), where
+    the plain softmax would push an image away from its own, repeated, caption.
 
     Args:
         image_features, text_features: (B, D) L2-normalised embeddings.
@@ -142,3 +149,23 @@ def gather_features(
     from torch.distributed.nn import all_gather
 
     return torch.cat(all_gather(image_features), 0), torch.cat(all_gather(text_features), 0)
+
+
+def caption_ids(captions: Sequence[str], device=None) -> torch.Tensor:
+    """(B,) int64 id of each caption string, equal exactly when the (whitespace-normalised,
+    lower-cased) strings are equal, and the same on every process (a hash, not an index), so ids
+    gathered from several DDP ranks can be compared."""
+    ids = []
+    for text in captions:
+        key = " ".join(str(text).lower().split()).encode("utf-8")
+        ids.append(int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1)
+    return torch.tensor(ids, dtype=torch.int64, device=device)
+
+
+def gather_ids(ids: torch.Tensor) -> torch.Tensor:
+    """Concatenate an integer tensor of every DDP rank (rank order); identity on one process."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return ids
+    parts = [torch.empty_like(ids) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, ids)
+    return torch.cat(parts, 0)

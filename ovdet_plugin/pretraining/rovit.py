@@ -4,6 +4,7 @@ pool or by global average pooling, and is trained with the focal or the softmax 
 """
 
 import logging
+import math
 from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
@@ -13,15 +14,34 @@ from torch import nn
 
 from ..clip.dense import interpolate_pos_embed, is_open_clip_vit
 from ..clip.loading import build_clip_model, clip_image_size, get_clip_tokenizer
-from .contrastive_losses import focal_contrastive_loss, gather_features, softmax_contrastive_loss
+from .contrastive_losses import (
+    caption_ids,
+    focal_contrastive_loss,
+    gather_features,
+    gather_ids,
+    multipositive_softmax_loss,
+    softmax_contrastive_loss,
+)
 from .cropped_pos_embed import CroppedPosEmbed
 
-__all__ = ["RegionAwareCLIP", "LOSSES", "POOLINGS"]
+__all__ = ["RegionAwareCLIP", "LOSSES", "POOLINGS", "init_logit_scale_and_bias"]
 
 logger = logging.getLogger(__name__)
 
-LOSSES = ("focal", "softmax")
+LOSSES = ("focal", "softmax", "multipos")
 POOLINGS = ("cls", "gap")
+
+
+def init_logit_scale_and_bias(clip_model: nn.Module, scale: float, bias: float) -> None:
+    """Set the learnable logit scale to ``scale`` (when > 0) and add a learnable scalar
+    ``logit_bias`` starting at ``bias`` (when not 0; SigLIP's init is scale 10, bias -10)."""
+    if scale < 0:
+        raise ValueError(f"MODEL.OVD.ROVIT.LOGIT_SCALE_INIT must be >= 0 (0: keep), got {scale}.")
+    if scale > 0:
+        with torch.no_grad():
+            clip_model.logit_scale.fill_(math.log(scale))
+    if bias:
+        clip_model.logit_bias = nn.Parameter(torch.tensor(float(bias)))
 
 
 class RegionAwareCLIP(nn.Module):
@@ -60,7 +80,9 @@ class RegionAwareCLIP(nn.Module):
             tokenizer: open_clip tokenizer (captions -> (B, 77) tokens); needed by ``forward``.
             cpe: cropped positional embedding settings, or None for plain CLIP pretraining.
             pooling: "cls" (the tower's own pooling) or "gap" (global average pooling).
-            loss: "focal" (RO-ViT, methods §4.2) or "softmax" (CLIP's cross-entropy).
+            loss: "focal" (RO-ViT, methods §4.2), "softmax" (CLIP's cross-entropy) or "multipos"
+                (softmax where every pair with the same caption string is a positive; for
+                caption sets with repeats, see ``multipositive_softmax_loss``).
             focal_alpha, focal_gamma: the focal loss's alpha and gamma (0.5, 1.0).
             focal_normalizer: "batch" (divide the summed loss by the global batch size) or
                 "none" (the plain sum, ``loss_normalizing_factor`` unset).
@@ -111,8 +133,10 @@ class RegionAwareCLIP(nn.Module):
             cpe = CroppedPosEmbed(
                 r.UP_POS_EMB_SIZE, tuple(r.CROP_SCALE), tuple(r.CROP_ASPECT), aligned=aligned
             )
+        clip_model = build_clip_model(name, cfg.MODEL.OVD.CLIP.PRETRAINED)
+        init_logit_scale_and_bias(clip_model, r.LOGIT_SCALE_INIT, r.LOGIT_BIAS_INIT)
         return {
-            "clip_model": build_clip_model(name, cfg.MODEL.OVD.CLIP.PRETRAINED),
+            "clip_model": clip_model,
             "tokenizer": get_clip_tokenizer(name),
             "cpe": cpe,
             "pooling": r.POOLING,
@@ -177,11 +201,18 @@ class RegionAwareCLIP(nn.Module):
 
     # ------------------------------------------------------------------ training
     def compute_loss(
-        self, image_features: torch.Tensor, text_features: torch.Tensor
+        self,
+        image_features: torch.Tensor,
+        text_features: torch.Tensor,
+        ids: Optional[torch.Tensor] = None,
     ) -> Dict[str, torch.Tensor]:
-        """The contrastive loss of L2-normalised (B, D) pairs (gathered over ranks if enabled)."""
+        """The contrastive loss of L2-normalised (B, D) pairs (gathered over ranks if enabled).
+        ``ids``: (B,) caption ids (:func:`caption_ids`), needed by the "multipos" loss."""
+        if self.loss == "multipos" and ids is None:
+            raise ValueError("The 'multipos' loss needs the caption ids (caption_ids(captions)).")
         if self.gather:
             image_features, text_features = gather_features(image_features, text_features)
+            ids = gather_ids(ids) if ids is not None else None
         # open_clip clamps the learned temperature at 100 (logit_scale = ln 100)
         scale = self.clip.logit_scale.exp().clamp(max=100.0)
         bias = getattr(self.clip, "logit_bias", None)
@@ -197,6 +228,9 @@ class RegionAwareCLIP(nn.Module):
                 normalizer=norm,
             )
             return {"loss_focal_contrastive": loss}
+        if self.loss == "multipos":
+            loss = multipositive_softmax_loss(image_features, text_features, scale, ids)
+            return {"loss_contrastive": loss}
         return {"loss_contrastive": softmax_contrastive_loss(image_features, text_features, scale)}
 
     def forward(self, batch: Dict) -> Dict[str, torch.Tensor]:
@@ -210,4 +244,9 @@ class RegionAwareCLIP(nn.Module):
         images = batch["images"].to(device)
         image_features = self.encode_image(images)
         text_features = self.encode_text(batch["captions"])
-        return self.compute_loss(image_features, text_features)
+        ids = None
+        if self.loss == "multipos":
+            if isinstance(batch["captions"], torch.Tensor):
+                raise ValueError("The 'multipos' loss needs caption strings, not token tensors.")
+            ids = caption_ids(batch["captions"], device=device)
+        return self.compute_loss(image_features, text_features, ids)

@@ -16,6 +16,15 @@ training images and thresholds ``(a, b) = frequency_thresholds`` (default 0.02, 
 10 and 100 images (Gupta et al. 2019). The planned tiers of :data:`shapes.OBJECT_KINDS` are
 scheduled to land in these ranges and the written frequency is recomputed from the counts.
 
+Caption images (``pretrain_style``): "objects" draws small images of 1..``pretrain_max_objects``
+objects with varied captions (colours, counts, positions); "scene_crops" draws detection-like
+scenes (``image_size``, ``size_range``, ``min_objects..max_objects``) and cuts one caption image
+around each object, with random context (``pretrain_context``) and a jittered box
+(``pretrain_jitter``), padded to a square and resized to ``pretrain_image_size``, captioned
+"a photo of a <name>." (RO-ViT's point, methods §4.1: pretrain on regions of whole scenes, with
+their neighbours and occluders, as the detector will see them). Only the caption names the
+object: no box of the pretraining scenes is written.
+
 Rare categories appear, unannotated, in a few training images (as in LVIS after removing rare
 annotations), in the validation set like every other category, and in the pretraining captions
 as often as any other category (as CLIP saw rare LVIS classes in web captions).
@@ -42,6 +51,8 @@ logger = logging.getLogger(__name__)
 
 GENERATOR_VERSION = 1
 SPLIT_CODES = {"train": 1, "val": 2, "pretrain": 3}
+PRETRAIN_STYLES = ("objects", "scene_crops")
+SCENE_CROP_CAPTION = "a photo of a {}."
 
 
 @dataclass
@@ -62,6 +73,9 @@ class SyntheticConfig:
     min_visible: float = 0.6  # occluded objects keep at least this fraction of their pixels
     center_margin: float = 0.2  # object centres stay this many object sizes from the border
     pretrain_center_margin: float = 0.4  # caption images: objects (almost) wholly in view
+    pretrain_style: str = "objects"  # "objects" or "scene_crops" (see the module docstring)
+    pretrain_context: Tuple[float, float] = (0.0, 0.4)  # scene_crops: context per side / obj size
+    pretrain_jitter: float = 0.1  # scene_crops: crop box shift and log-scale, / object size
     frequency_thresholds: Tuple[float, float] = (0.02, 0.10)  # see the module docstring
     captions_per_image: int = 4
     image_format: str = "png"  # "png" (lossless) or "jpg"
@@ -76,6 +90,8 @@ class SyntheticConfig:
             raise ValueError("need 1 <= min_objects <= max_objects")
         if self.image_size < 32:
             raise ValueError("image_size must be at least 32 pixels")
+        if self.pretrain_style not in PRETRAIN_STYLES:
+            raise ValueError(f"pretrain_style must be one of {PRETRAIN_STYLES}")
         if self.image_format not in ("png", "jpg"):
             raise ValueError("image_format must be 'png' or 'jpg'")
         if self.segmentation not in ("polygon", "rle"):
@@ -173,6 +189,67 @@ def _render(cfg, split, index, planned, kinds, size, size_range, margin):
     return img, placed, rng
 
 
+def crop_with_context(
+    rng: np.random.Generator,
+    image: np.ndarray,
+    mask: np.ndarray,
+    context: Tuple[float, float],
+    jitter: float,
+) -> Optional[np.ndarray]:
+    """A crop of ``image`` around the object ``mask``: its box enlarged by a random context
+    (``context`` range, fraction of the box size on each side), shifted by up to ``jitter`` of
+    the box size and scaled by up to exp(+-``jitter``), clipped to the image (None if under 4 px).
+    """
+    ys, xs = np.nonzero(mask)
+    x0, y0, x1, y1 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+    w, h = x1 - x0, y1 - y0
+    c = rng.uniform(*context)
+    cx = (x0 + x1) / 2 + rng.uniform(-jitter, jitter) * w
+    cy = (y0 + y1) / 2 + rng.uniform(-jitter, jitter) * h
+    cw = w * (1 + 2 * c) * np.exp(rng.uniform(-jitter, jitter))
+    ch = h * (1 + 2 * c) * np.exp(rng.uniform(-jitter, jitter))
+    H, W = image.shape[:2]
+    a0, b0 = max(0, int(np.floor(cx - cw / 2))), max(0, int(np.floor(cy - ch / 2)))
+    a1, b1 = min(W, int(np.ceil(cx + cw / 2))), min(H, int(np.ceil(cy + ch / 2)))
+    if a1 - a0 < 4 or b1 - b0 < 4:
+        return None
+    return image[b0:b1, a0:a1]
+
+
+def _write_scene_crops(cfg, plan, kinds, tmp, ext, captions, bar) -> None:
+    """The "scene_crops" caption images: scene after scene of ``plan`` until ``num_pretrain``
+    crops, one per placed object (see the module docstring)."""
+    from ...clip.crops import square_resize
+
+    side = cfg.pretrain_image_size or cfg.image_size
+    for scene, planned in enumerate(plan):
+        img, placed, rng = _render(
+            cfg, "pretrain", scene, planned, kinds, cfg.image_size, cfg.size_range,
+            cfg.center_margin,
+        )  # fmt: skip
+        for obj in placed:
+            crop = crop_with_context(rng, img, obj.mask, cfg.pretrain_context, cfg.pretrain_jitter)
+            if crop is None:
+                continue
+            index = len(captions) + 1
+            file_name = f"images/pretrain/{index:06d}.{ext}"
+            _write_image(os.path.join(tmp, file_name), square_resize(crop, side), ext)
+            caption = SCENE_CROP_CAPTION.format(obj.kind.name)
+            captions.append(
+                {
+                    "image_id": index,
+                    "file_name": file_name,
+                    "caption": caption,
+                    "captions": [caption],
+                    "category_ids": [obj.category_id],
+                    "category_names": [obj.kind.name],
+                }
+            )
+            bar.update()
+            if len(captions) == cfg.num_pretrain:
+                return
+
+
 def _encode_segmentation(mask: np.ndarray, fmt: str):
     if fmt == "rle":
         import pycocotools.mask as mask_util
@@ -254,8 +331,12 @@ def generate_synthetic_dataset(
     plans = {
         "train": _plan_train(plan_rng, cfg, kinds),
         "val": _plan_balanced(plan_rng, cfg.num_val, cfg.min_objects, cfg.max_objects, len(kinds)),
-        "pretrain": _plan_balanced(
-            plan_rng, cfg.num_pretrain, 1, cfg.pretrain_max_objects, len(kinds)
+        "pretrain": (
+            _plan_balanced(plan_rng, cfg.num_pretrain, 1, cfg.pretrain_max_objects, len(kinds))
+            if cfg.pretrain_style == "objects"
+            else _plan_balanced(
+                plan_rng, cfg.num_pretrain, cfg.min_objects, cfg.max_objects, len(kinds)
+            )
         ),
     }
     tmp = f"{out_dir}.partial-{os.getpid()}"
@@ -271,6 +352,9 @@ def generate_synthetic_dataset(
     try:
         for split in ("train", "val", "pretrain"):
             os.makedirs(os.path.join(tmp, "images", split))
+            if split == "pretrain" and cfg.pretrain_style == "scene_crops":
+                _write_scene_crops(cfg, plans[split], kinds, tmp, ext, captions, bar)
+                continue
             side = pre_size if split == "pretrain" else size
             srange = cfg.pretrain_size_range if split == "pretrain" else cfg.size_range
             margin = cfg.pretrain_center_margin if split == "pretrain" else cfg.center_margin
