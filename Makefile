@@ -16,8 +16,9 @@ install:
 demo: install
 	$(PY) tools/run_synthetic_benchmark.py --output output/synthetic_benchmark
 
-# Everything from nothing (the tiny CLIP pretrained here too) plus the ablation table (3 seeds);
-# about 70 minutes on a 2-core CPU.
+# Everything from nothing plus the ablation table (3 seeds): the tiny CLIP is pretrained here too,
+# by tools/pretrain_rovit.py with configs/pretraining/tiny_synthetic.yaml on a caption folder
+# written by tools/generate_synthetic_data.py --pretrain-style scene_crops (duration: README).
 benchmark-synthetic: install
 	$(PY) tools/run_synthetic_benchmark.py --output output/synthetic_benchmark_full \
 		--from-scratch --ablations

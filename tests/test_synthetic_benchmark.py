@@ -61,6 +61,18 @@ def test_smoke_run_produces_every_step_and_the_lvis_evaluation(smoke_run):
         assert ("detector_only" in rec) == METHODS[key].fused
     zero_shot = report["clip"]["zero_shot"]
     assert zero_shot["n_all"] == zero_shot["n_r"] + zero_shot["n_c"] + zero_shot["n_f"] > 0
+    # --from-scratch: the product's tools made the tiny CLIP (caption folder, pretrain_rovit)
+    clip = report["clip"]
+    assert "tools/pretrain_rovit.py" in clip["command"]
+    assert "configs/pretraining/tiny_synthetic.yaml" in clip["command"]
+    assert "tools/generate_synthetic_data.py" in clip["caption_command"]
+    assert "--pretrain-style scene_crops" in clip["caption_command"]
+    assert clip["caption_data"]["seed"] == 1000 and clip["caption_data"]["num_pretrain"] == 64
+    assert clip["caption_counts"]["pretrain_images"] == 64
+    assert clip["seed"] == 0 and clip["variant"] == "multipos"
+    curve = clip["zero_shot_curve"]
+    assert len(curve) >= 1 and curve[-1]["dataset"] == "ovdet_synthetic_captions_val"
+    assert 0.0 <= curve[-1]["all"] <= 100.0
     pictures = report["pictures"]
     assert pictures["files"] and all(
         os.path.isfile(out / "pictures" / f) for f in pictures["files"]
@@ -80,6 +92,54 @@ def test_second_run_reuses_every_step(smoke_run):
     changed = run_tool(out, "--from-scratch", "--seed", "1", "--methods", "fvlm")
     assert changed.returncode == 0, (changed.stdout + changed.stderr)[-3000:]
     assert "clip: running" in changed.stdout and "fvlm: running" in changed.stdout
+
+
+def test_ship_tiny_clip_records_the_tool_run(smoke_run, tmp_path):
+    from benchmarks.ship_tiny_clip import main as ship
+
+    out, result, _ = smoke_run
+    assert result.returncode == 0
+    dest = tmp_path / "shipped" / "tiny.pt"  # never benchmarks/checkpoints in a test
+    step = load_step(out / "clip")["record"]  # (the reuse test may have rerun it with seed 1)
+    for run in (out / "clip", out / "clip" / "pretrain"):  # the step folder or the OUTPUT_DIR
+        record = ship(["--run", str(run), "--dest", str(dest)])
+        assert record == json.loads((tmp_path / "shipped" / "tiny.json").read_text())
+        assert record["sha256"] == hashlib.sha256(dest.read_bytes()).hexdigest()
+        assert record["bytes"] == os.path.getsize(dest)
+        assert record["model_name"] == "ovdet-tiny-vit-avg" and record["seed"] == step["seed"]
+        assert record["commands"] == [step["caption_command"], step["command"]]
+        caption_cmd, pretrain_cmd = record["commands"]
+        assert "tools/generate_synthetic_data.py" in caption_cmd
+        assert "tools/pretrain_rovit.py" in pretrain_cmd
+        assert record["caption_data"]["pretrain_style"] == "scene_crops"
+        assert record["zero_shot_curve"] == step["zero_shot_curve"]
+        assert record["zero_shot_benchmark_val"] == step["zero_shot"]
+        assert record["machine"] and record["date"]
+    # a bare OUTPUT_DIR (not inside a benchmark step) needs the commands given
+    bare = tmp_path / "bare"
+    shutil.copytree(out / "clip" / "pretrain", bare)
+    with pytest.raises(ValueError, match="--command"):
+        ship(["--run", str(bare), "--dest", str(dest)])
+
+
+def test_pretrain_variants_are_config_overrides_of_the_tool():
+    from benchmarks.synthetic.ablations import PRETRAIN_VARIANT_NAMES
+    from benchmarks.synthetic.pipeline import PRETRAIN_CONFIG, PRETRAIN_VARIANTS
+    from ovdet_plugin import get_ovdet_cfg
+
+    assert set(PRETRAIN_VARIANTS) == set(PRETRAIN_VARIANT_NAMES) == {
+        "multipos", "cpe_multipos", "cpe_focal"
+    }  # fmt: skip
+    assert PRETRAIN_VARIANTS["multipos"] == []  # the config as it is
+    for name, opts in PRETRAIN_VARIANTS.items():
+        cfg = get_ovdet_cfg(PRETRAIN_CONFIG, list(opts))
+        r = cfg.MODEL.OVD.ROVIT
+        assert r.CPE == (name != "multipos")
+        assert r.LOSS == ("focal" if name == "cpe_focal" else "multipos")
+        if r.CPE:
+            assert r.UP_POS_EMB_SIZE == 16
+        if name == "cpe_focal":
+            assert (r.LOGIT_BIAS_INIT, r.LOGIT_SCALE_INIT) == (-10.0, 10.0)
 
 
 def test_shipped_tiny_clip_matches_its_record():

@@ -138,3 +138,19 @@ def test_focal_logit_bias_and_scale_init_from_config():
     plain = RegionAwareCLIP(cfg)
     assert getattr(plain.clip, "logit_bias", None) is None
     assert abs(float(plain.clip.logit_scale.exp()) - 1 / 0.07) < 1e-3
+
+
+def test_exported_weights_leave_out_a_training_only_logit_bias(tmp_path):
+    from ovdet_plugin import get_ovdet_cfg
+    from ovdet_plugin.pretraining.rovit import export_state_dict
+
+    cfg = get_ovdet_cfg(os.path.join(REPO_ROOT, "configs/pretraining/tiny_synthetic.yaml"))
+    cfg.merge_from_list(["MODEL.OVD.ROVIT.LOSS", "focal", "MODEL.OVD.ROVIT.LOGIT_BIAS_INIT", -10.0])
+    model = RegionAwareCLIP(cfg)
+    assert "logit_bias" in model.clip.state_dict()
+    state = export_state_dict(model.clip)
+    assert "logit_bias" not in state and "logit_scale" in state
+    path = tmp_path / "clip.pt"
+    torch.save(state, path)
+    loaded = build_clip_model("ovdet-tiny-vit-avg", str(path))  # strict: loads again
+    assert torch.equal(loaded.visual.conv1.weight, model.clip.visual.conv1.weight)

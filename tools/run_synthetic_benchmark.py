@@ -6,6 +6,8 @@ the installed package: this tool runs from a source checkout).
 
     python tools/run_synthetic_benchmark.py                     # default size, shipped tiny CLIP
     python tools/run_synthetic_benchmark.py --from-scratch      # pretrain the tiny CLIP here too
+                                  # (tools/generate_synthetic_data.py --pretrain-style scene_crops,
+                                  # tools/pretrain_rovit.py configs/pretraining/tiny_synthetic.yaml)
     python tools/run_synthetic_benchmark.py --size smoke --output /tmp/smoke
 
 Steps whose outputs exist for the same settings are reused; delete a step's folder to redo it.
@@ -40,6 +42,9 @@ def parse_args(argv=None):
         "--pretrain-variant", default=DEFAULT_PRETRAIN_VARIANT, choices=sorted(PRETRAIN_VARIANTS)
     )
     p.add_argument("--pretrain-steps", type=int, default=0, help="0: the size's default")
+    p.add_argument(
+        "--pretrain-pool", type=int, default=0, help="caption images; 0: the size's default"
+    )
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated: %(default)s")
     p.add_argument(
         "--ablations",
@@ -56,6 +61,8 @@ def main(argv=None):
     setup_logger(name="ovdet_plugin")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     overrides = {"pretrain_steps": args.pretrain_steps} if args.pretrain_steps else {}
+    if args.pretrain_pool:
+        overrides["pretrain_pool"] = args.pretrain_pool
     size = with_size(args.size, **overrides)
     bench = SyntheticBenchmark(
         args.output,

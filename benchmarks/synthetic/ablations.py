@@ -7,8 +7,10 @@ paper claims, measured on the generated data, as one table.
 - F-VLM, F-ViT, RO-ViT detector-only vs fused (every run of a fused method is evaluated both ways);
 - ViLD-text vs ViLD-image vs ViLD (text + image, one branch) vs ViLD-ensemble;
 - F-ViT without vs with CLIPSelf;
-- RO-ViT pretraining: without vs with the cropped positional embedding, softmax vs focal loss
-  (each tiny CLIP pretrained for ``pretrain_steps``, then the RO-ViT detector on it);
+- RO-ViT pretraining: without vs with the cropped positional embedding, multi-positive softmax
+  vs focal loss (each tiny CLIP pretrained by tools/pretrain_rovit.py with
+  configs/pretraining/tiny_synthetic.yaml and the variant's overrides for ``pretrain_steps``,
+  then the RO-ViT detector on it);
 - RO-ViT with a frozen vs fine-tuned backbone.
 
 Every row is a run of ``tools/run_synthetic_benchmark.py`` in its own folder under
@@ -36,6 +38,13 @@ from .pipeline import (
 )
 
 __all__ = ["run_ablations", "ablation_jobs", "format_ablations_markdown"]
+
+# The table's names of the PRETRAIN_VARIANTS.
+PRETRAIN_VARIANT_NAMES = {
+    "multipos": "multi-positive softmax",
+    "cpe_multipos": "CPE + multi-positive softmax",
+    "cpe_focal": "CPE + focal",
+}
 
 
 def ablation_jobs(
@@ -204,11 +213,11 @@ def format_ablations_markdown(table: Dict) -> str:
             "| pretraining | zero-shot rare | zero-shot all | AP | APr | APc | APf |",
             "|---|---|---|---|---|---|---|",
         ]
-        names = {"softmax": "softmax", "cpe_softmax": "CPE + softmax", "cpe_focal": "CPE + focal"}
         for variant, rec in p.items():
             z, r = rec["zero_shot"], rec["rovit"]["fused"]
+            name = PRETRAIN_VARIANT_NAMES.get(variant, variant)
             lines.append(
-                f"| {names[variant]} | {z['r']:.1f} | {z['all']:.1f} | {r['AP']:.1f} | "
+                f"| {name} | {z['r']:.1f} | {z['all']:.1f} | {r['AP']:.1f} | "
                 f"{r['APr']:.1f} | {r['APc']:.1f} | {r['APf']:.1f} |"
             )
         lines.append("")

@@ -3,13 +3,17 @@
 
 Steps, each in its own folder under the output directory:
 
-1. ``data``: :func:`~ovdet_plugin.data.synthetic.generate_synthetic_dataset` (detection splits and
-   the caption images for pretraining), registered as ``ovdet_synthetic_*`` through
-   ``DETECTRON2_DATASETS=<out>/datasets``.
-2. ``clip``: the tiny CLIP. Either the checkpoint the project ships (made by step 2's own code,
-   its command and seed in its ``.json`` record) or, with ``from_scratch``, pretrained here
-   (:mod:`.pretrain_in_memory`). Its zero-shot crop accuracy on the val objects is the
-   benchmark's first figure.
+1. ``data``: :func:`~ovdet_plugin.data.synthetic.generate_synthetic_dataset` (the detection
+   splits), registered as ``ovdet_synthetic_*`` through ``DETECTRON2_DATASETS=<out>/datasets``.
+2. ``clip``: the tiny CLIP. Either the checkpoint the project ships (its commands and seed in
+   its ``.json`` record; ``benchmarks/ship_tiny_clip.py`` ships a from-scratch run of this step)
+   or, with ``from_scratch``, pretrained here with the product's tools:
+   ``tools/generate_synthetic_data.py --pretrain-style scene_crops`` writes a caption folder
+   (``<out>/datasets/ovdet_synthetic_captions``, another seed than the benchmark's data: its val
+   split is the one a recipe is chosen on), then
+   ``tools/pretrain_rovit.py --config-file configs/pretraining/tiny_synthetic.yaml`` trains on
+   it (zero-shot crop curve on that caption val split in its metrics.json). Its zero-shot crop
+   accuracy on the benchmark's val objects is the benchmark's first figure.
 3. ``clipself``: CLIPSelf adaptation of the tiny CLIP (``tools/train_clipself.py``).
 4. one step per detector, trained on the base classes with ``tools/train_net.py`` and a config of
    ``configs/synthetic/``, evaluated by the stock ``LVISEvaluator`` (AP, APr, APc, APf); a fused
@@ -29,6 +33,7 @@ killed run resumes at the step it was in.
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -47,27 +52,41 @@ __all__ = [
     "SyntheticBenchmark",
     "file_sha256",
     "load_step",
+    "read_zero_shot_curve",
 ]
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG_DIR = os.path.join(REPO_ROOT, "configs", "synthetic")
+# The tiny CLIP's pretraining recipe (tools/pretrain_rovit.py), used by ``from_scratch``.
+PRETRAIN_CONFIG = os.path.join(REPO_ROOT, "configs", "pretraining", "tiny_synthetic.yaml")
+# The caption folder's val split, registered for the pretraining tool's zero-shot eval hook (the
+# config's DATASETS.TEST).
+CAPTIONS_VAL = "ovdet_synthetic_captions_val"
+# The caption folder's generator seed is the benchmark data's seed plus this.
+CAPTIONS_SEED_OFFSET = 1000
 TOOLS_DIR = os.path.join(REPO_ROOT, "tools")
 # The tiny CLIP this project pretrained on the generated data (see its .json record).
 SHIPPED_CLIP = os.path.join(REPO_ROOT, "benchmarks", "checkpoints", "tiny_clip_synthetic.pt")
 CLIP_MODEL_NAME = "ovdet-tiny-vit-avg"
 
-# Pretraining recipes (``benchmarks/pretrain_tiny_clip.py`` options), all with global average
-# pooling (the tiny model's "avg" pool, RO-ViT's GAP) and plain captions. "softmax" made the
-# shipped checkpoint (the best of the runs in benchmarks/ZERO_SHOT_NOTES.md); "cpe_softmax" and
-# "cpe_focal" add RO-ViT's cropped positional embedding and then its focal loss (ablation rows).
+# Pretraining recipes: config overrides of tools/pretrain_rovit.py on top of PRETRAIN_CONFIG
+# (global average pooling, the tiny model's "avg" pool; one short caption per object).
+# "multipos" is the config as it is (multi-positive softmax loss, no cropped positional
+# embedding); "cpe_multipos" and "cpe_focal" add RO-ViT's cropped positional embedding and then
+# its focal loss (ablation rows).
+_CPE = ["MODEL.OVD.ROVIT.CPE", "True", "MODEL.OVD.ROVIT.UP_POS_EMB_SIZE", "16"]
 PRETRAIN_VARIANTS = {
-    "softmax": ["--loss", "multipos"],
-    "cpe_softmax": ["--loss", "multipos", "--cpe"],
+    "multipos": [],
+    "cpe_multipos": list(_CPE),
     # Focal loss (alpha 0.5, gamma 1) with a SigLIP-style learnable bias (-10, scale 10):
     # open_clip's CLIP has none, and without one the loss did not train (ZERO_SHOT_NOTES.md).
-    "cpe_focal": ["--loss", "focal", "--cpe", "--logit-bias", "-10", "--init-scale", "10"],
-}
-DEFAULT_PRETRAIN_VARIANT = "softmax"
+    "cpe_focal": _CPE + [
+        "MODEL.OVD.ROVIT.LOSS", "focal",
+        "MODEL.OVD.ROVIT.LOGIT_BIAS_INIT", "-10.0",
+        "MODEL.OVD.ROVIT.LOGIT_SCALE_INIT", "10.0",
+    ],
+}  # fmt: skip
+DEFAULT_PRETRAIN_VARIANT = "multipos"
 
 
 @dataclass(frozen=True)
@@ -77,12 +96,14 @@ class BenchmarkSize:
 
     num_train: int = 1000
     num_val: int = 200
-    num_pretrain: int = 8000
-    # Caption images: one big object each (benchmarks/ZERO_SHOT_NOTES.md: small objects hurt).
-    pretrain_max_objects: int = 1
-    pretrain_size_range: Sequence[float] = (0.6, 0.95)
-    pretrain_steps: int = 10000
-    pretrain_batch: int = 64
+    # Caption images of the detection folder: none (the tiny CLIP's captions have their own
+    # folder, ``pretrain_pool`` images; nothing reads these).
+    num_pretrain: int = 0
+    # ``from_scratch``: caption images (scene crops) of the caption folder, and the pretraining
+    # run of tools/pretrain_rovit.py (SOLVER.MAX_ITER, IMS_PER_BATCH, BASE_LR).
+    pretrain_pool: int = 100000
+    pretrain_steps: int = 8000
+    pretrain_batch: int = 128
     pretrain_lr: float = 2e-3
     clipself_iters: int = 150
     clipself_batch: int = 16
@@ -97,8 +118,17 @@ class BenchmarkSize:
             "num_train": self.num_train,
             "num_val": self.num_val,
             "num_pretrain": self.num_pretrain,
-            "pretrain_max_objects": self.pretrain_max_objects,
-            "pretrain_size_range": tuple(self.pretrain_size_range),
+        }
+
+    def caption_overrides(self, data_seed: int) -> Dict:
+        """The caption folder's generator settings (``from_scratch``): scene crops, another seed
+        than the benchmark's data (``data_seed + CAPTIONS_SEED_OFFSET``)."""
+        return {
+            "seed": data_seed + CAPTIONS_SEED_OFFSET,
+            "num_train": self.num_train,
+            "num_val": self.num_val,
+            "num_pretrain": self.pretrain_pool,
+            "pretrain_style": "scene_crops",
         }
 
 
@@ -107,7 +137,7 @@ SIZES = {
     "smoke": BenchmarkSize(
         num_train=16,
         num_val=4,
-        num_pretrain=32,
+        pretrain_pool=64,
         pretrain_steps=6,
         pretrain_batch=16,
         clipself_iters=2,
@@ -184,9 +214,10 @@ ABLATIONS = {
 
 
 def _config_digest(name: str) -> str:
-    """Digest of a config of configs/synthetic and every file it inherits from (_BASE_)."""
+    """Digest of a config (a file of configs/synthetic, or a path) and every file it inherits from
+    (_BASE_)."""
     h = hashlib.sha256()
-    path = os.path.join(CONFIG_DIR, name)
+    path = os.path.join(CONFIG_DIR, name)  # an absolute ``name`` stays as it is
     while path:
         with open(path, "rb") as f:
             text = f.read()
@@ -233,7 +264,8 @@ class SyntheticBenchmark:
         size: a :class:`BenchmarkSize` (``SIZES[name]``).
         seed: data, pretraining and detector seed.
         from_scratch: pretrain the tiny CLIP here instead of using the shipped checkpoint.
-        pretrain_variant: a key of :data:`PRETRAIN_VARIANTS` (with ``from_scratch``).
+        pretrain_variant: a key of :data:`PRETRAIN_VARIANTS` (config overrides of
+            tools/pretrain_rovit.py, with ``from_scratch``).
         data_seed: the generator's seed (default: ``seed``).
         clip_checkpoint: use this tiny CLIP checkpoint instead (an open_clip state dict of
             ``ovdet-tiny-vit-avg``); overrides ``from_scratch``.
@@ -284,6 +316,7 @@ class SyntheticBenchmark:
         self.log = log
         self.datasets_root = os.path.join(self.out_dir, "datasets")
         self.data_dir = os.path.join(self.datasets_root, "ovdet_synthetic")
+        self.captions_dir = os.path.join(self.datasets_root, "ovdet_synthetic_captions")
         self.timings: Dict[str, float] = {}
         self._step_index = 0
         self._num_steps = (
@@ -329,9 +362,9 @@ class SyntheticBenchmark:
         env["OMP_NUM_THREADS"] = str(self.threads)
         return env
 
-    def _run_tool(self, folder: str, log_name: str, args: List[str]) -> None:
+    def _run_tool(self, folder: str, log_name: str, args: List[str]) -> List[str]:
         """Run ``python tools/<args>`` with its output in ``folder/<log_name>``; on failure raise
-        with the log's end."""
+        with the log's end. Returns the command line."""
         log_path = os.path.join(folder, log_name)
         cmd = [sys.executable, os.path.join(TOOLS_DIR, args[0]), *args[1:]]
         with open(log_path, "w", encoding="utf-8") as log:
@@ -344,6 +377,7 @@ class SyntheticBenchmark:
             raise RuntimeError(
                 f"{args[0]} failed (exit {proc.returncode}); log {log_path}:\n{tail}"
             )
+        return cmd
 
     # ------------------------------------------------------------------ steps
     def run(self) -> Dict:
@@ -399,10 +433,9 @@ class SyntheticBenchmark:
             source = {
                 "pretrain": {
                     "variant": self.pretrain_variant,
-                    "steps": self.size.pretrain_steps,
-                    "batch": self.size.pretrain_batch,
-                    "lr": self.size.pretrain_lr,
-                    "seed": self.seed,
+                    "config": _config_digest(PRETRAIN_CONFIG),
+                    "opts": self._pretrain_opts(),
+                    "captions": self.size.caption_overrides(self.data_seed),
                 }
             }
         else:
@@ -433,18 +466,7 @@ class SyntheticBenchmark:
             shutil.copyfile(source["checkpoint"], path)
             record: Dict = {"source": source["checkpoint"]}
         else:
-            from .pretrain_in_memory import build_argument_parser, pretrain_in_memory
-
-            p = source["pretrain"]
-            argv = pretrain_command(
-                self.data_dir, path, p["steps"], p["batch"], p["lr"], p["seed"], p["variant"]
-            )
-            args = build_argument_parser().parse_args(argv)
-            args.threads = self.threads
-            args.log = os.path.join(folder, "pretrain_log.json")
-            self.log("    pretraining the tiny CLIP: " + " ".join(argv))
-            pretrain_in_memory(args)
-            record = {"source": "pretrained here", "command": argv}
+            record = self._pretrain(folder, source["pretrain"], path)
         model = build_clip_model(CLIP_MODEL_NAME, path)
         crops = load_crops(self.data_dir, clip_image_size(model)[0])
         acc = zero_shot_accuracy(model, get_clip_tokenizer(CLIP_MODEL_NAME), crops)
@@ -454,6 +476,95 @@ class SyntheticBenchmark:
             f"frequent {acc['f']:.1f}%, all {acc['all']:.1f}% ({acc['n_all']} val crops)"
         )
         return record
+
+    def _pretrain_opts(self) -> List[str]:
+        """The config overrides of tools/pretrain_rovit.py (``from_scratch``): output folder,
+        seed, schedule, the caption folder (absolute paths) and the variant's overrides."""
+        s, cap = self.size, self.captions_dir
+        spec = f"name={CAPTIONS_VAL},format=lvis,json={cap}/val.json,images={cap}"
+        return [
+            "OUTPUT_DIR", os.path.join(self.out_dir, "clip", "pretrain"),
+            "SEED", str(self.seed),
+            "SOLVER.MAX_ITER", str(s.pretrain_steps),
+            "SOLVER.IMS_PER_BATCH", str(s.pretrain_batch),
+            "SOLVER.BASE_LR", str(s.pretrain_lr),
+            "MODEL.OVD.ROVIT.CAPTION_FILES", os.path.join(cap, "captions.jsonl"),
+            "MODEL.OVD.ROVIT.IMAGE_ROOT", cap,
+            "MODEL.OVD.CUSTOM_DATASETS", json.dumps([spec]),
+            *PRETRAIN_VARIANTS[self.pretrain_variant],
+        ]  # fmt: skip
+
+    def _captions(self, folder: str, overrides: Dict) -> Dict:
+        """The caption folder, by tools/generate_synthetic_data.py (kept when it holds the same
+        config). Returns its command line and meta.json."""
+        from ovdet_plugin.data.synthetic import SyntheticConfig
+
+        cap = self.captions_dir
+        expected = json.loads(json.dumps(asdict(replace(SyntheticConfig(), **overrides))))
+        meta_path = os.path.join(cap, "meta.json")
+        if os.path.isdir(cap):
+            try:
+                with open(meta_path, encoding="utf-8") as f:
+                    same = json.load(f).get("config") == expected
+            except (OSError, ValueError):
+                same = False
+            if not same:  # another config, or a folder the generator did not finish
+                shutil.rmtree(cap)
+        o = overrides
+        cmd = self._run_tool(
+            folder, "captions.log",
+            ["generate_synthetic_data.py", "--out", cap, "--seed", str(o["seed"]),
+             "--num-train", str(o["num_train"]), "--num-val", str(o["num_val"]),
+             "--num-pretrain", str(o["num_pretrain"]), "--pretrain-style", o["pretrain_style"],
+             "--no-progress"],
+        )  # fmt: skip
+        with open(meta_path, encoding="utf-8") as f:
+            meta = json.load(f)
+        if meta["config"] != expected:
+            raise RuntimeError(f"{cap} holds another caption config than the benchmark's")
+        return {"command": cmd, "meta": meta}
+
+    def _pretrain(self, folder: str, p: Dict, path: str) -> Dict:
+        """``from_scratch``: the caption folder, then tools/pretrain_rovit.py with PRETRAIN_CONFIG
+        and ``p["opts"]``; its rovit_clip_final.pt is copied to ``path``."""
+        captions = self._captions(folder, p["captions"])
+        self.log(
+            f"    caption folder {self.captions_dir}: "
+            f"{captions['meta']['counts']['pretrain_images']} caption images"
+        )
+        opts = p["opts"]
+        out = opts[opts.index("OUTPUT_DIR") + 1]
+        self.log(
+            f"    pretraining the tiny CLIP: tools/pretrain_rovit.py (log {folder}/pretrain.log)"
+        )
+        cmd = self._run_tool(
+            folder, "pretrain.log", ["pretrain_rovit.py", "--config-file", PRETRAIN_CONFIG, *opts]
+        )
+        final = os.path.join(out, "rovit_clip_final.pt")
+        if not os.path.isfile(final):
+            raise RuntimeError(f"tools/pretrain_rovit.py wrote no {final}")
+        shutil.copyfile(final, path)
+        curve = read_zero_shot_curve(os.path.join(out, "metrics.json"))
+        if curve:
+            last = curve[-1]
+            self.log(
+                f"    zero-shot crop accuracy on {last['dataset']} (the caption folder's val, "
+                f"recipe split) at iteration {last['iteration'] + 1}: rare {last['r']:.1f}%, "
+                f"all {last['all']:.1f}%"
+            )
+        return {
+            "source": "pretrained here by tools/pretrain_rovit.py",
+            "variant": p["variant"],
+            "command": shlex.join(cmd),
+            "caption_command": shlex.join(captions["command"]),
+            "config": os.path.relpath(PRETRAIN_CONFIG, REPO_ROOT),
+            "opts": opts,
+            "seed": self.seed,
+            "caption_data": captions["meta"]["config"],
+            "caption_counts": captions["meta"]["counts"],
+            "zero_shot_curve": curve,
+            "pretrain_dir": out,
+        }
 
     def _clipself_step(self, clip: Dict) -> Dict:
         s = self.size
@@ -606,27 +717,27 @@ class SyntheticBenchmark:
         return self._step("pictures", key, run)
 
 
-def pretrain_command(
-    data_dir: str,
-    out: str,
-    steps: int,
-    batch: int,
-    lr: float,
-    seed: int,
-    variant: str = DEFAULT_PRETRAIN_VARIANT,
-) -> List[str]:
-    """The arguments of ``benchmarks/pretrain_tiny_clip.py`` that pretrain the benchmark's tiny
-    CLIP (plain captions, as benchmarks/ZERO_SHOT_NOTES.md found best, plus the variant's)."""
-    if variant not in PRETRAIN_VARIANTS:
-        raise ValueError(
-            f"Unknown pretraining variant {variant!r}; known: {list(PRETRAIN_VARIANTS)}"
-        )
-    return [
-        "--dataset", data_dir, "--model-name", CLIP_MODEL_NAME, "--plain-captions",
-        *PRETRAIN_VARIANTS[variant],
-        "--steps", str(steps), "--batch-size", str(batch), "--lr", str(lr),
-        "--seed", str(seed), "--out", out,
-    ]  # fmt: skip
+def read_zero_shot_curve(metrics_json: str) -> List[Dict]:
+    """The ``zero_shot/<dataset>/<group>`` scalars of a pretraining run's metrics.json (written
+    by tools/pretrain_rovit.py's eval hook), one row per evaluation: ``{"iteration", "dataset",
+    <group>: accuracy %, ...}`` in file order. Empty when the file or the scalars are missing."""
+    rows: List[Dict] = []
+    if not os.path.isfile(metrics_json):
+        return rows
+    with open(metrics_json, encoding="utf-8") as f:
+        for line in f:
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            per_dataset: Dict[str, Dict] = {}
+            for key, value in entry.items():
+                parts = key.split("/")
+                if len(parts) == 3 and parts[0] == "zero_shot":
+                    per_dataset.setdefault(parts[1], {})[parts[2]] = value
+            for name, groups in per_dataset.items():
+                rows.append({"iteration": entry.get("iteration"), "dataset": name, **groups})
+    return rows
 
 
 def _shipped_sha256(checkpoint: str) -> str:

@@ -28,7 +28,7 @@ from ..pretraining.clipself import (
     list_training_images,
     load_proposals,
 )
-from ..pretraining.rovit import RegionAwareCLIP
+from ..pretraining.rovit import RegionAwareCLIP, export_state_dict
 from .setup import setup_ovdet_cfg
 from .train_loop import InfiniteShardedSampler, get_seed, run_training
 
@@ -206,7 +206,7 @@ def rovit_main(args):
         from ..utils.atomic_io import atomic_write_path
 
         with atomic_write_path(path) as tmp:
-            torch.save({k: v.cpu() for k, v in model.clip.state_dict().items()}, tmp)
+            torch.save(export_state_dict(model.clip), tmp)
         logger.info("Saved the pretrained CLIP state dict to %s", path)
 
 

@@ -24,7 +24,13 @@ from .contrastive_losses import (
 )
 from .cropped_pos_embed import CroppedPosEmbed
 
-__all__ = ["RegionAwareCLIP", "LOSSES", "POOLINGS", "init_logit_scale_and_bias"]
+__all__ = [
+    "RegionAwareCLIP",
+    "LOSSES",
+    "POOLINGS",
+    "export_state_dict",
+    "init_logit_scale_and_bias",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +47,21 @@ def init_logit_scale_and_bias(clip_model: nn.Module, scale: float, bias: float) 
         with torch.no_grad():
             clip_model.logit_scale.fill_(math.log(scale))
     if bias:
+        # open_clip's CLIP architectures hold ``logit_bias = None``: the bias added here is then
+        # for training only and :func:`export_state_dict` leaves it out, so that the exported
+        # weights load into the architecture (build_clip_model) again.
+        training_only = getattr(clip_model, "logit_bias", None) is None
         clip_model.logit_bias = nn.Parameter(torch.tensor(float(bias)))
+        clip_model._ovdet_training_only_logit_bias = training_only
+
+
+def export_state_dict(clip_model: nn.Module) -> Dict[str, torch.Tensor]:
+    """The open_clip state dict to export (on the CPU), without a training-only ``logit_bias``
+    (see :func:`init_logit_scale_and_bias`)."""
+    state = {k: v.detach().cpu() for k, v in clip_model.state_dict().items()}
+    if getattr(clip_model, "_ovdet_training_only_logit_bias", False):
+        state.pop("logit_bias", None)
+    return state
 
 
 class RegionAwareCLIP(nn.Module):
