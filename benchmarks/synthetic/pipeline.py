@@ -63,7 +63,7 @@ PRETRAIN_CONFIG = os.path.join(REPO_ROOT, "configs", "pretraining", "tiny_synthe
 # config's DATASETS.TEST).
 CAPTIONS_VAL = "ovdet_synthetic_captions_val"
 # The caption folder's generator seed is the benchmark data's seed plus this.
-CAPTIONS_SEED_OFFSET = 1000
+CAPTIONS_SEED_OFFSET = 1
 TOOLS_DIR = os.path.join(REPO_ROOT, "tools")
 # The tiny CLIP this project pretrained on the generated data (see its .json record).
 SHIPPED_CLIP = os.path.join(REPO_ROOT, "benchmarks", "checkpoints", "tiny_clip_synthetic.pt")
