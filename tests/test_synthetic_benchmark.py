@@ -24,7 +24,10 @@ from benchmarks.synthetic.pipeline import (
 
 TOOL = os.path.join(REPO_ROOT, "tools", "run_synthetic_benchmark.py")
 VAL = "ovdet_synthetic_val"
-STEPS = ["data", "clip", "clipself", "fvlm", "vild_embeddings", "vild", "fvit", "rovit", "pictures"]
+STEPS = [
+    "data", "clip", "clipself", "fvlm", "vild_embeddings", "vild", "fvit", "rovit", "fvlm_oracle",
+    "pictures",
+]  # fmt: skip
 
 
 def run_tool(out, *args):
@@ -59,6 +62,20 @@ def test_smoke_run_produces_every_step_and_the_lvis_evaluation(smoke_run):
         assert os.path.isfile(out / key / "inference" / VAL / "lvis_instances_results.json")
         assert {"AP", "APr", "APc", "APf"} <= set(rec["fused"])
         assert ("detector_only" in rec) == METHODS[key].fused
+        # label precision of the drawn detections, over every val image
+        for lp in [rec["label_precision"]] + (
+            [rec["label_precision_detector_only"]] if METHODS[key].fused else []
+        ):
+            assert lp["images"] == 4 and (lp["score_threshold"], lp["top_k"]) == (0.05, 6)
+            assert 0 <= lp["correct"] <= lp["n"] <= 6 * 4 and lp["n_rare"] <= lp["n"]
+            assert lp["precision"] is None or 0.0 <= lp["precision"] <= 100.0
+    # the oracle: F-VLM's detector on every class's boxes, evaluated detector only
+    oracle = report["methods"]["fvlm_oracle"]
+    assert oracle["oracle"] and oracle["title"] == "F-VLM oracle (all classes' boxes)"
+    with open(out / "fvlm_oracle" / "config.yaml") as f:
+        text = f.read()
+    assert "ovdet_synthetic_train_all" in text and "NOVEL_MASK: none" in text
+    assert "RULE: ''" in text
     zero_shot = report["clip"]["zero_shot"]
     assert zero_shot["n_all"] == zero_shot["n_r"] + zero_shot["n_c"] + zero_shot["n_f"] > 0
     # --from-scratch: the product's tools made the tiny CLIP (caption folder, pretrain_rovit)
@@ -74,11 +91,16 @@ def test_smoke_run_produces_every_step_and_the_lvis_evaluation(smoke_run):
     assert len(curve) >= 1 and curve[-1]["dataset"] == "ovdet_synthetic_captions_val"
     assert 0.0 <= curve[-1]["all"] <= 100.0
     pictures = report["pictures"]
+    assert pictures["method"] != "fvlm_oracle"
+    assert pictures["label_precision"]["images"] == 1
+    assert isinstance(pictures["rare_found_and_named"], bool)
     assert pictures["files"] and all(
         os.path.isfile(out / "pictures" / f) for f in pictures["files"]
     )
     md = (out / "results.md").read_text()
     assert "| F-VLM |" in md and "zero-shot crop accuracy" in md and "Step times" in md
+    assert "| F-VLM oracle (all classes' boxes) |" in md
+    assert "Labels correct among drawn detections" in md and "a rare kind found and named" in md
 
 
 def test_second_run_reuses_every_step(smoke_run):

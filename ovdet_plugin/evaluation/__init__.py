@@ -1,14 +1,16 @@
 """Evaluators: OV-COCO (AP50 novel/base/all). LVIS open-vocabulary splits use Detectron2's stock
 ``LVISEvaluator`` (APr/APc/APf), for which :func:`build_ov_evaluator` picks by
-``evaluator_type``."""
+``evaluator_type``. :func:`label_precision`: the share of correctly named detections among those
+a picture would draw, from an evaluator's saved results."""
 
 import os
 
 from detectron2.data import MetadataCatalog
 
+from .label_precision import label_precision
 from .ov_coco_evaluation import OVCOCOEvaluator, split_average_precision
 
-__all__ = ["OVCOCOEvaluator", "split_average_precision", "build_ov_evaluator"]
+__all__ = ["OVCOCOEvaluator", "split_average_precision", "build_ov_evaluator", "label_precision"]
 
 
 def build_ov_evaluator(dataset_name: str, output_dir=None, distributed: bool = True, **kwargs):
