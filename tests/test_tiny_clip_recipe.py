@@ -21,7 +21,7 @@ from ovdet_plugin.pretraining.contrastive_losses import (
     multipositive_softmax_loss,
     softmax_contrastive_loss,
 )
-from ovdet_plugin.pretraining.rovit import RegionAwareCLIP
+from ovdet_plugin.pretraining.rovit import RegionAwareCLIP, init_logit_scale_and_bias
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = dict(seed=3, num_train=60, num_val=8, num_pretrain=30, progress=False)
@@ -99,17 +99,21 @@ def test_scene_crops_keep_the_detection_splits_and_caption_every_crop(scene_crop
         generate_synthetic_dataset(tmp_path / "bad", pretrain_style="crops", **SMALL)
 
 
-def test_pretrain_rovit_with_the_tiny_synthetic_config_reports_zero_shot(scene_crops, tmp_path):
-    out = tmp_path / "out"
+def _pretrain_argv(scene_crops, out, test_dataset="tiny_recipe_val"):
     spec = f"name=tiny_recipe_val,format=lvis,json={scene_crops}/val.json,images={scene_crops}"
     argv = ["--config-file", os.path.join(REPO_ROOT, "configs/pretraining/tiny_synthetic.yaml")]
     argv += ["--register-dataset", spec, "OUTPUT_DIR", str(out)]
     argv += ["MODEL.OVD.ROVIT.CAPTION_FILES", os.path.join(scene_crops, "captions.jsonl")]
     argv += ["MODEL.OVD.ROVIT.IMAGE_ROOT", scene_crops, "MODEL.OVD.CUSTOM_DATASETS", "[]"]
-    argv += ["DATASETS.TEST", "('tiny_recipe_val',)", "TEST.EVAL_PERIOD", "1"]
+    argv += ["DATASETS.TEST", f"('{test_dataset}',)", "TEST.EVAL_PERIOD", "1"]
     argv += ["SOLVER.MAX_ITER", "2", "SOLVER.IMS_PER_BATCH", "8", "DATALOADER.NUM_WORKERS", "0"]
     argv += ["MODEL.OVD.PRETRAIN.LOG_PERIOD", "1"]
-    launch(rovit_main, 1, args=(argument_parser("test").parse_args(argv),))
+    return argument_parser("test").parse_args(argv)
+
+
+def test_pretrain_rovit_with_the_tiny_synthetic_config_reports_zero_shot(scene_crops, tmp_path):
+    out = tmp_path / "out"
+    launch(rovit_main, 1, args=(_pretrain_argv(scene_crops, out),))
     with open(out / "metrics.json") as f:
         rows = [json.loads(line) for line in f if line.strip()]
     evals = [r for r in rows if "zero_shot/tiny_recipe_val/all" in r]
@@ -154,3 +158,18 @@ def test_exported_weights_leave_out_a_training_only_logit_bias(tmp_path):
     torch.save(state, path)
     loaded = build_clip_model("ovdet-tiny-vit-avg", str(path))  # strict: loads again
     assert torch.equal(loaded.visual.conv1.weight, model.clip.visual.conv1.weight)
+
+
+def test_an_evaluation_dataset_that_cannot_be_loaded_stops_before_training(scene_crops, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(KeyError, match="no_such_val"):
+        launch(rovit_main, 1, args=(_pretrain_argv(scene_crops, out, "no_such_val"),))
+    assert not (out / "model_final.pth").exists() and not (out / "rovit_clip_final.pt").exists()
+    metrics = out / "metrics.json"
+    assert not metrics.exists() or not metrics.read_text().strip()  # no iteration ran
+
+
+def test_a_negative_logit_scale_init_is_refused():
+    clip = build_clip_model("ovdet-tiny-vit-avg", "")
+    with pytest.raises(ValueError, match="LOGIT_SCALE_INIT must be >= 0"):
+        init_logit_scale_and_bias(clip, -1.0, 0.0)

@@ -137,7 +137,8 @@ class ZeroShotCropEvalHook(HookBase):
     MODEL.OVD.TEXT.PROMPTS), every TEST.EVAL_PERIOD iterations and after the last; the figures go
     to the event storage (metrics.json, tensorboard) as ``zero_shot/<dataset>/<group>`` (groups:
     LVIS r / c / f, or novel / base, and "all"). Main process only; the other ranks wait at their
-    next all-reduce. The crops are loaded once."""
+    next all-reduce. The crops are loaded once, before the first iteration, so a dataset that
+    cannot be evaluated stops the run before any training."""
 
     def __init__(self, model: RegionAwareCLIP, cfg, image_size: int):
         self._model = model
@@ -147,14 +148,16 @@ class ZeroShotCropEvalHook(HookBase):
         self._prompts = cfg.MODEL.OVD.TEXT.PROMPTS
         self._crops = {}
 
+    def before_train(self):
+        if comm.is_main_process():
+            self._crops = {name: load_dataset_crops(name, self._size) for name in self._datasets}
+
     def _evaluate(self) -> None:
         model = self._model
         was_training = model.training
         model.eval()  # no cropped positional embedding: the detection-time encoder
         try:
             for name in self._datasets:
-                if name not in self._crops:
-                    self._crops[name] = load_dataset_crops(name, self._size)
                 acc = zero_shot_accuracy(
                     model.clip,
                     model.tokenizer,

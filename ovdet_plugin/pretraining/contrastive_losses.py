@@ -135,6 +135,11 @@ def multipositive_softmax_loss(
     return 0.5 * (i2t + t2i)
 
 
+def _several_processes() -> bool:
+    """Whether a process group of more than one rank is running."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 def gather_features(
     image_features: torch.Tensor, text_features: torch.Tensor
 ) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -144,7 +149,7 @@ def gather_features(
     the global batch; DDP's gradient averaging then yields the gradient of that global loss
     (open_clip's ``gather_with_grad=True, local_loss=False``). Identity without a process group.
     """
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not _several_processes():
         return image_features, text_features
     from torch.distributed.nn import all_gather
 
@@ -164,7 +169,7 @@ def caption_ids(captions: Sequence[str], device=None) -> torch.Tensor:
 
 def gather_ids(ids: torch.Tensor) -> torch.Tensor:
     """Concatenate an integer tensor of every DDP rank (rank order); identity on one process."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not _several_processes():
         return ids
     parts = [torch.empty_like(ids) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, ids)

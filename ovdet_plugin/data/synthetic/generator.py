@@ -41,6 +41,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
+from ...clip.crops import square_resize
 from .captions import make_captions
 from .render import compose_scene, mask_to_polygons
 from .shapes import OBJECT_KINDS, ObjectKind, kind_by_name
@@ -219,8 +220,6 @@ def crop_with_context(
 def _write_scene_crops(cfg, plan, kinds, tmp, ext, captions, bar) -> None:
     """The "scene_crops" caption images: scene after scene of ``plan`` until ``num_pretrain``
     crops, one per placed object (see the module docstring)."""
-    from ...clip.crops import square_resize
-
     side = cfg.pretrain_image_size or cfg.image_size
     for scene, planned in enumerate(plan):
         img, placed, rng = _render(
