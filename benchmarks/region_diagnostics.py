@@ -1,0 +1,106 @@
+"""Why a CLIP's crop skill does or does not reach its region scores: two checks of the avgpool
+region scorer (F-VLM's and RO-ViT's, methods §2.3) on a generated dataset's val split.
+
+1. ``--scales``: the ground-truth boxes scored inside the whole val images resized by each scale
+   (0.5 puts a 128-px image on the 64-px model's native 8x8 grid: no positional-embedding
+   interpolation).
+2. Full-box check: each val crop (as the zero-shot crop figure sees it) scored by the region
+   scorer with the whole crop as its box, against the image encoder on the same crop, for each
+   ``--pooler-resolutions`` (a scorer that equals the encoder here is not the cause of a gap).
+
+    python benchmarks/region_diagnostics.py --dataset DIR --checkpoint tiny_clip.pt
+"""
+
+import argparse
+import json
+import os
+from collections import defaultdict
+
+import cv2
+import torch
+import torch.nn.functional as F
+
+from ovdet_plugin.clip import build_clip_model, clip_image_size, get_clip_tokenizer
+from ovdet_plugin.clip.crops import normalize_for_clip, uint8_to_unit
+from ovdet_plugin.clip.text_embeddings import encode_vocabulary
+from ovdet_plugin.evaluation.zero_shot_crops import load_crops
+from ovdet_plugin.modeling.vlm_scorers import AvgPoolRegionScorer
+
+
+@torch.no_grad()
+def region_accuracy_at_scale(dataset_dir, model, text, scorer, scale: float) -> float:
+    """Top-1 (%) of every val box scored in its image resized by ``scale`` (side rounded to the
+    patch size 8)."""
+    with open(os.path.join(dataset_dir, "val.json"), encoding="utf-8") as f:
+        data = json.load(f)
+    ids = [c["id"] for c in sorted(data["categories"], key=lambda c: c["id"])]
+    by_image = defaultdict(list)
+    for a in data["annotations"]:
+        by_image[a["image_id"]].append(a)
+    hits = total = 0
+    for img in data["images"]:
+        anns = by_image[img["id"]]
+        if not anns:
+            continue
+        rgb = cv2.cvtColor(
+            cv2.imread(os.path.join(dataset_dir, img["file_name"])), cv2.COLOR_BGR2RGB
+        )
+        side = int(round(img["width"] * scale / 8)) * 8
+        interp = cv2.INTER_AREA if side < img["width"] else cv2.INTER_LINEAR
+        x = normalize_for_clip(
+            uint8_to_unit(cv2.resize(rgb, (side, side), interpolation=interp)[None])
+        )
+        f = side / img["width"]
+        boxes = torch.tensor([[b[0] * f, b[1] * f, (b[0] + b[2]) * f, (b[1] + b[3]) * f]
+                              for b in (a["bbox"] for a in anns)])  # fmt: skip
+        pred = (scorer(x, boxes=boxes) @ text.t()).argmax(1).tolist()
+        hits += sum(ids[p] == a["category_id"] for p, a in zip(pred, anns))
+        total += len(anns)
+    return 100.0 * hits / total
+
+
+@torch.no_grad()
+def full_box_check(model, text, crops, pooler_resolution: int):
+    """(region-scorer top-1 %, image-encoder top-1 %, mean cosine of the two embeddings) on the
+    crops, the region being each whole crop."""
+    x = normalize_for_clip(crops["images"])
+    truth = torch.tensor(crops["category_ids"])
+    ids = torch.tensor([c["id"] for c in crops["categories"]])
+    image = F.normalize(model.encode_image(x), dim=-1)
+    scorer = AvgPoolRegionScorer(model.visual, pooler_resolution=pooler_resolution)
+    box = torch.tensor([[0.0, 0.0, float(x.shape[-1]), float(x.shape[-2])]])
+    region = F.normalize(
+        torch.cat([scorer(x[i : i + 1], boxes=box) for i in range(len(x))]), dim=-1
+    )
+    acc = (
+        lambda e: 100.0 * (ids[(e @ text.t()).argmax(1)] == truth).float().mean().item()
+    )  # noqa: E731
+    return acc(region), acc(image), F.cosine_similarity(region, image).mean().item()
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--model-name", default="ovdet-tiny-vit-avg")
+    p.add_argument("--checkpoint", required=True, help="open_clip state dict")
+    p.add_argument("--scales", type=float, nargs="+", default=[1.0, 0.5])
+    p.add_argument("--pooler-resolutions", type=int, nargs="+", default=[4, 8])
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    model = build_clip_model(args.model_name, args.checkpoint).eval()
+    tokenizer = get_clip_tokenizer(args.model_name)
+    crops = load_crops(args.dataset, clip_image_size(model)[0])
+    names = [c["name"] for c in crops["categories"]]
+    text = encode_vocabulary(model, tokenizer, names, prompts="single", show_progress=False)
+    scorer = AvgPoolRegionScorer(model.visual, pooler_resolution=4)
+    for scale in args.scales:
+        acc = region_accuracy_at_scale(args.dataset, model, text, scorer, scale)
+        print(f"boxes in the whole image x{scale}: region top-1 {acc:.1f}%")
+    for res in args.pooler_resolutions:
+        region, image, cos = full_box_check(model, text, crops, res)
+        print(f"full-box check, pooler {res}x{res}: region {region:.1f}%, encoder {image:.1f}%, "
+              f"cosine {cos:.4f}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
