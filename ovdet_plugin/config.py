@@ -390,8 +390,10 @@ def _add_pretraining_config(cfg: CN) -> None:
     # blocks (12 of B/16, 24 of L/14, methods §3.6). Patch/positional/class embeddings, ln_post,
     # proj and the text tower always stay frozen (methods §3.6).
     _C.MODEL.OVD.CLIPSELF.TRAIN_BLOCKS = -1
-    # Region source: "grid" (image patches, `GridDistillDataset`) or "proposals" (boxes from
-    # PROPOSALS_FILE, `ProposalDistillDataset`, methods §3.4).
+    # Region source: "grid" (image patches, `GridDistillDataset`), "proposals" (boxes from
+    # PROPOSALS_FILE, `ProposalDistillDataset`, methods §3.4) or "annotations" (the annotated
+    # boxes of DATASETS.TRAIN, labels unused: base-class boxes in place of a base-trained RPN's
+    # proposals).
     _C.MODEL.OVD.CLIPSELF.MODE = "grid"
     # Teacher crop = the region enlarged this much about its centre (1.0 for grid cells, 1.5 for
     # proposals; the student RoI stays the tight box, methods §3.4). -1 = the mode's default.

@@ -221,3 +221,56 @@ def test_unreadable_image_is_skipped(tmp_path):
     model = _model()
     out = model([])["loss_clipself"]
     assert out.item() == 0.0 and out.requires_grad
+
+
+def test_annotation_variant_uses_the_datasets_boxes(tmp_path):
+    """MODE "annotations": a registered dataset's own boxes (any BoxMode) are the regions; an
+    image folder beside it is refused, since its images have no boxes."""
+    from detectron2.config import get_cfg
+    from detectron2.data import DatasetCatalog
+    from detectron2.structures import BoxMode
+    from PIL import Image
+
+    from ovdet_plugin import add_ovdet_config
+    from ovdet_plugin.engine.pretrain import build_clipself_loader
+    from ovdet_plugin.pretraining.clipself import annotation_boxes
+
+    files = []
+    for i in range(2):
+        p = tmp_path / f"im{i}.png"
+        Image.new("RGB", (200, 100), (i * 90, 50, 50)).save(p)
+        files.append(str(p))
+    dicts = [
+        {"file_name": files[0], "image_id": 0, "height": 100, "width": 200, "annotations": [
+            {"bbox": [10, 10, 50, 50], "bbox_mode": BoxMode.XYWH_ABS, "category_id": 0},
+            {"bbox": [100, 20, 190, 90], "bbox_mode": BoxMode.XYXY_ABS, "category_id": 3},
+        ]},
+        {"file_name": files[1], "image_id": 1, "height": 100, "width": 200, "annotations": []},
+    ]  # fmt: skip
+    name = f"clipself_annotations_{os.getpid()}"
+    DatasetCatalog.register(name, lambda: dicts)
+    try:
+        boxes = annotation_boxes([name])
+        assert boxes[files[0]].tolist() == [[10, 10, 60, 60], [100, 20, 190, 90]]
+        assert boxes[files[1]].shape == (0, 4)
+        cfg = get_cfg()
+        add_ovdet_config(cfg)
+        opts = ["DATASETS.TRAIN", f"('{name}',)", "MODEL.OVD.CLIPSELF.MODE", "annotations",
+                "MODEL.OVD.CLIPSELF.IMAGE_SIZE", "96", "SOLVER.IMS_PER_BATCH", "2",
+                "DATALOADER.NUM_WORKERS", "0"]  # fmt: skip
+        cfg.merge_from_list(opts)
+        batch = next(iter(build_clipself_loader(cfg)))
+        by_file = {s["file_name"]: s["proposals"] for s in batch}
+        torch.testing.assert_close(
+            by_file[files[0]], torch.tensor([[4.8, 4.8, 28.8, 28.8], [48.0, 9.6, 91.2, 43.2]])
+        )
+        model = _model(mode="annotations")
+        assert model.teacher_crop_scale == 1.5
+        assert 0 <= model(batch)["loss_clipself"].item() <= 2
+        cfg.MODEL.OVD.CLIPSELF.IMAGE_FOLDER = str(tmp_path)
+        with pytest.raises(ValueError, match="IMAGE_FOLDER"):
+            build_clipself_loader(cfg)
+    finally:
+        DatasetCatalog.remove(name)
+    with pytest.raises(ValueError, match="annotations"):
+        _model(mode="boxes")

@@ -118,10 +118,10 @@ class BenchmarkSize:
     pretrain_steps: int = 8000
     pretrain_batch: int = 128
     pretrain_lr: float = 2e-3
-    clipself_iters: int = 150
+    clipself_iters: int = 1000
     clipself_batch: int = 16
-    detector_iters: int = 600
-    detector_batch: int = 8
+    detector_iters: int = 1200
+    detector_batch: int = 4
     vild_proposals: int = 50
     num_pictures: int = 4
 

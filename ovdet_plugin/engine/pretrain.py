@@ -23,6 +23,7 @@ from ..pretraining.clipself import (
     CLIPSelfImageDataset,
     CLIPSelfModel,
     ExportEnsembleHook,
+    annotation_boxes,
     check_ensemble_alpha,
     collate_images,
     list_training_images,
@@ -113,7 +114,17 @@ def build_clipself_loader(cfg, start_iter: int = 0) -> DataLoader:
     c = cfg.MODEL.OVD.CLIPSELF
     files = list_training_images(cfg.DATASETS.TRAIN, c.IMAGE_FOLDER)
     _require_readable_images(files)
-    proposals = load_proposals(c.PROPOSALS_FILE) if c.MODE == "proposals" else None
+    proposals = None
+    if c.MODE == "proposals":
+        proposals = load_proposals(c.PROPOSALS_FILE)
+    elif c.MODE == "annotations":
+        if c.IMAGE_FOLDER:
+            raise ValueError(
+                "MODEL.OVD.CLIPSELF.MODE 'annotations' takes its images and boxes from "
+                f"DATASETS.TRAIN; IMAGE_FOLDER {c.IMAGE_FOLDER!r} has no boxes. Leave it empty, "
+                "or use MODE 'grid' (or 'proposals' with a PROPOSALS_FILE covering its images)."
+            )
+        proposals = annotation_boxes(cfg.DATASETS.TRAIN)
     dataset = CLIPSelfImageDataset(files, c.IMAGE_SIZE, proposals, tuple(c.PROPOSAL_SIZE_RANGE))
     batch = _per_rank_batch(cfg)
     sampler = InfiniteShardedSampler(len(dataset), seed=get_seed(cfg), start=start_iter * batch)

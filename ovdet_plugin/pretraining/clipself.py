@@ -40,6 +40,7 @@ __all__ = [
     "ensemble_state_dict",
     "grid_choices",
     "list_training_images",
+    "annotation_boxes",
     "load_proposals",
     "roi_features",
     "sample_grid_boxes",
@@ -51,6 +52,10 @@ _IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 # ---------------------------------------------------------------------- regions
+# Region sources of the student (MODEL.OVD.CLIPSELF.MODE).
+REGION_MODES = ("grid", "proposals", "annotations")
+
+
 def grid_choices(max_split: int = 6) -> List[Tuple[int, int]]:
     """Every (m rows, n cols): m in 1..max_split, n in [floor((m+1)/2), min(2m, max_split)], so the
     grid aspect stays within 1:2-2:1 (CLIPSelf ``_init_choices``, methods §3.4)."""
@@ -170,13 +175,14 @@ class CLIPSelfModel(nn.Module):
             image_size: student input side (images padded bottom-right to it, methods §3.3).
             max_split, max_boxes: grid sampling limits (methods §3.4).
             train_blocks: number of last transformer blocks trained, -1 = all (methods §3.6).
-            mode: "grid" or "proposals" (methods §3.4).
-            teacher_crop_scale: teacher crop enlargement; -1 = 1.0 (grid) / 1.5 (proposals).
+            mode: "grid", "proposals" (methods §3.4) or "annotations" (a dataset's own boxes,
+                used as proposals: :func:`annotation_boxes`).
+            teacher_crop_scale: teacher crop enlargement; -1 = 1.0 (grid) / 1.5 (boxes).
         """
         super().__init__()
-        if mode not in ("grid", "proposals"):
+        if mode not in REGION_MODES:
             raise ValueError(
-                f"MODEL.OVD.CLIPSELF.MODE must be 'grid' or 'proposals', got {mode!r}."
+                f"MODEL.OVD.CLIPSELF.MODE must be one of {list(REGION_MODES)}, got {mode!r}."
             )
         student = DenseCLIPViT(clip_model.visual)  # raises a clear error for non-ViT towers
         p = student.patch_size[0]
@@ -197,7 +203,7 @@ class CLIPSelfModel(nn.Module):
         self.max_boxes = int(max_boxes)
         self.mode = mode
         if teacher_crop_scale < 0:
-            teacher_crop_scale = 1.5 if mode == "proposals" else 1.0
+            teacher_crop_scale = 1.0 if mode == "grid" else 1.5
         self.teacher_crop_scale = float(teacher_crop_scale)
         self.teacher_size = clip_image_size(clip_model)[0]
 
@@ -243,7 +249,7 @@ class CLIPSelfModel(nn.Module):
             return sample_grid_boxes(w, h, max_split=self.max_split, max_boxes=self.max_boxes)
         props = sample.get("proposals")
         if props is None:
-            raise ValueError("MODE 'proposals' needs a 'proposals' entry in every sample.")
+            raise ValueError(f"MODE {self.mode!r} needs a 'proposals' entry in every sample.")
         keep = torch.randperm(len(props))[: self.max_boxes]
         return props[keep].float()
 
@@ -346,6 +352,25 @@ def list_training_images(dataset_names: Sequence[str], folder: str = "") -> List
             "and/or MODEL.OVD.CLIPSELF.IMAGE_FOLDER to a folder of images."
         )
     return files
+
+
+def annotation_boxes(dataset_names: Sequence[str]) -> Dict[str, np.ndarray]:
+    """MODE "annotations": {file name: (K, 4) XYXY absolute boxes} of the annotated objects of
+    registered Detectron2 datasets, labels unused. The official recipe's proposals come from an
+    RPN trained on the base classes (methods §3.4); a split holding only base-class boxes (e.g.
+    ``lvis_v1_train_norare``) gives those objects' own boxes instead, and no novel box."""
+    from detectron2.data import DatasetCatalog
+    from detectron2.structures import BoxMode
+
+    boxes: Dict[str, np.ndarray] = {}
+    for name in dataset_names:
+        for d in DatasetCatalog.get(name):
+            rows = [
+                BoxMode.convert(list(a["bbox"]), a["bbox_mode"], BoxMode.XYXY_ABS)
+                for a in d.get("annotations", [])
+            ]
+            boxes[d["file_name"]] = np.asarray(rows, dtype=np.float32).reshape(-1, 4)
+    return boxes
 
 
 def load_proposals(path: str) -> Dict[str, np.ndarray]:
