@@ -192,7 +192,8 @@ def _add_roi_heads_config(cfg: CN) -> None:
     _C.MODEL.OVD.FUSION.BETA = 0.65
     # Scale (> 0) of the VLM cosines before the softmax (F-VLM 1/clip_sim_temp = 100, methods §2.3;
     # F-ViT vlm_temperature 50 on LVIS, 75 on COCO, methods §3.8; ViLD-ensemble: the classifier's
-    # temperature, 100).
+    # temperature, 100). 0 = the loaded CLIP's own learned scale, exp(logit_scale): 100 for
+    # OpenAI's CLIP (F-VLM's value), often far less for a CLIP you pretrained yourself.
     _C.MODEL.OVD.FUSION.VLM_TEMPERATURE = 100.0
     # Exponent w of the objectness multiplier sigmoid(objectness)^w (F-VLM objectness_weight 0,
     # methods §2.4; 3.0 with the centerness RPN in DITO / RO-ViT, methods §4.3).

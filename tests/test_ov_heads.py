@@ -2,6 +2,8 @@
 (losses fall over 20 iterations on a generated batch), ViLD distillation inputs, test-time
 fusion, and vocabularies swapped after building."""
 
+import math
+
 import pytest
 import torch
 from conftest import load_test_config
@@ -221,13 +223,33 @@ def test_a_fusion_rule_registered_outside_the_package_is_used():
         (("MODEL.OVD.FUSION.RULE", "fvml"), "Unknown fusion rule 'fvml'"),
         (("MODEL.OVD.FUSION.ALPHA", "1.5"), "FUSION.ALPHA=1.5 .* must lie in \\[0, 1\\]"),
         (("MODEL.OVD.FUSION.BETA", "-0.1"), "FUSION.BETA=-0.1"),
-        (("MODEL.OVD.FUSION.VLM_TEMPERATURE", "0.0"), "VLM_TEMPERATURE=0.0 must be > 0"),
+        (("MODEL.OVD.FUSION.VLM_TEMPERATURE", "-1.0"), "VLM_TEMPERATURE=-1.0 must be > 0"),
         (("MODEL.OVD.FUSION.OBJECTNESS_WEIGHT", "-1.0"), "OBJECTNESS_WEIGHT=-1.0 must be >= 0"),
     ],
 )
 def test_bad_fusion_settings_fail_when_the_model_is_built(opts, message):
     with pytest.raises(ValueError, match=message):
         build("tiny_fvlm", *opts)
+
+
+def test_vlm_temperature_zero_is_the_clips_own_logit_scale(tmp_path):
+    """VLM_TEMPERATURE 0 reads exp(logit_scale) of the loaded CLIP checkpoint; a scorer without
+    a CLIP tower (ViLD's image branch) cannot give one and says so."""
+    from ovdet_plugin.clip import build_clip_model
+
+    model, cfg = build("tiny_fvlm")
+    clip = build_clip_model(cfg.MODEL.OVD.CLIP.MODEL_NAME)
+    with torch.no_grad():
+        clip.logit_scale.fill_(math.log(17.5))
+    path = tmp_path / "clip.pt"
+    torch.save(clip.state_dict(), path)
+    opts = ["MODEL.OVD.CLIP.PRETRAINED", str(path)]
+    fixed, _ = build("tiny_fvlm", *opts)
+    assert fixed.roi_heads.vlm_temperature == cfg.MODEL.OVD.FUSION.VLM_TEMPERATURE != 17.5
+    own, _ = build("tiny_fvlm", *opts, "MODEL.OVD.FUSION.VLM_TEMPERATURE", "0.0")
+    assert own.roi_heads.vlm_temperature == pytest.approx(17.5, rel=1e-5)
+    with pytest.raises(ValueError, match="VLM_TEMPERATURE 0 means the CLIP's own logit scale"):
+        build("tiny_vild_ensemble", "MODEL.OVD.FUSION.VLM_TEMPERATURE", "0.0")
 
 
 def test_old_vild_ensemble_keys_name_their_replacement():

@@ -67,6 +67,9 @@ def build_clip_visual(model_name: str, pretrained: str = "") -> nn.Module:
     visual = model.visual
     visual.ovdet_model_name = model_name
     visual.ovdet_pretrained = pretrained
+    # the model's learned softmax scale, exp(logit_scale) (100 for OpenAI CLIP): a VLM
+    # temperature of 0 means this one (MODEL.OVD.FUSION.VLM_TEMPERATURE)
+    visual.ovdet_logit_scale = float(model.logit_scale.detach().exp())
     del model
     return visual
 

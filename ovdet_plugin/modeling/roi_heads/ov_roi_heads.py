@@ -59,6 +59,21 @@ def config_with_vocabulary_classes(cfg, train_vocab=None):
     return cfg
 
 
+def resolve_vlm_temperature(value: float, scorer: Optional[VLMRegionScorer]) -> float:
+    """``MODEL.OVD.FUSION.VLM_TEMPERATURE``: the value itself, or for 0 the CLIP's own learned
+    logit scale, read from the scorer's tower (recorded when the tower was built)."""
+    if value != 0:
+        return float(value)
+    scale = getattr(getattr(scorer, "visual", None), "ovdet_logit_scale", None)
+    if scale is None:
+        raise ValueError(
+            "MODEL.OVD.FUSION.VLM_TEMPERATURE 0 means the CLIP's own logit scale, but the VLM "
+            f"scorer ({type(scorer).__name__ if scorer is not None else 'none'}) has no CLIP "
+            "tower to read it from. Set a value > 0 (100 for F-VLM, 50 for F-ViT on LVIS)."
+        )
+    return float(scale)
+
+
 def build_roi_heads_with_backbone(cfg, backbone):
     """Detectron2's ``build_roi_heads``, except that ovdet's heads also get the backbone (their
     VLM scorer shares its frozen CLIP tower). Used by ``OVDetGeneralizedRCNN``."""
@@ -168,7 +183,7 @@ class OVROIHeads(StandardROIHeads):
                 "fusion_rule": f.RULE,
                 "fusion_alpha": f.ALPHA,
                 "fusion_beta": f.BETA,
-                "vlm_temperature": f.VLM_TEMPERATURE,
+                "vlm_temperature": resolve_vlm_temperature(f.VLM_TEMPERATURE, scorer),
                 "objectness_weight": f.OBJECTNESS_WEIGHT,
             }
         )
