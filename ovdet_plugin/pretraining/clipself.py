@@ -35,12 +35,12 @@ __all__ = [
     "CLIPSelfImageDataset",
     "CLIPSelfModel",
     "ExportEnsembleHook",
+    "annotation_boxes",
     "clipself_loss",
     "collate_images",
     "ensemble_state_dict",
     "grid_choices",
     "list_training_images",
-    "annotation_boxes",
     "load_proposals",
     "roi_features",
     "sample_grid_boxes",
@@ -358,7 +358,8 @@ def annotation_boxes(dataset_names: Sequence[str]) -> Dict[str, np.ndarray]:
     """MODE "annotations": {file name: (K, 4) XYXY absolute boxes} of the annotated objects of
     registered Detectron2 datasets, labels unused. The official recipe's proposals come from an
     RPN trained on the base classes (methods §3.4); a split holding only base-class boxes (e.g.
-    ``lvis_v1_train_norare``) gives those objects' own boxes instead, and no novel box."""
+    ``lvis_v1_train_ov``, rare boxes removed) gives those objects' own boxes instead, and never
+    a novel box."""
     from detectron2.data import DatasetCatalog
     from detectron2.structures import BoxMode
 
