@@ -248,7 +248,8 @@ def test_annotation_variant_uses_the_datasets_boxes(tmp_path):
         {"file_name": files[1], "image_id": 1, "height": 100, "width": 200, "annotations": []},
     ]  # fmt: skip
     name = f"clipself_annotations_{os.getpid()}"
-    DatasetCatalog.register(name, lambda: dicts)
+    reads = []
+    DatasetCatalog.register(name, lambda: reads.append(1) or dicts)
     try:
         boxes = annotation_boxes([name])
         assert boxes[files[0]].tolist() == [[10, 10, 60, 60], [100, 20, 190, 90]]
@@ -259,7 +260,9 @@ def test_annotation_variant_uses_the_datasets_boxes(tmp_path):
                 "MODEL.OVD.CLIPSELF.IMAGE_SIZE", "96", "SOLVER.IMS_PER_BATCH", "2",
                 "DATALOADER.NUM_WORKERS", "0"]  # fmt: skip
         cfg.merge_from_list(opts)
+        reads.clear()
         batch = next(iter(build_clipself_loader(cfg)))
+        assert len(reads) == 1  # files and boxes from one read of the dataset
         by_file = {s["file_name"]: s["proposals"] for s in batch}
         torch.testing.assert_close(
             by_file[files[0]], torch.tensor([[4.8, 4.8, 28.8, 28.8], [48.0, 9.6, 91.2, 43.2]])

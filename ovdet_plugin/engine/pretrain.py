@@ -112,19 +112,21 @@ def _require_readable_images(files, probe: int = 16) -> None:
 def build_clipself_loader(cfg, start_iter: int = 0) -> DataLoader:
     """This rank's CLIPSelf loader (DATASETS.TRAIN and/or MODEL.OVD.CLIPSELF.IMAGE_FOLDER)."""
     c = cfg.MODEL.OVD.CLIPSELF
-    files = list_training_images(cfg.DATASETS.TRAIN, c.IMAGE_FOLDER)
-    _require_readable_images(files)
     proposals = None
-    if c.MODE == "proposals":
-        proposals = load_proposals(c.PROPOSALS_FILE)
-    elif c.MODE == "annotations":
+    if c.MODE == "annotations":
         if c.IMAGE_FOLDER:
             raise ValueError(
                 "MODEL.OVD.CLIPSELF.MODE 'annotations' takes its images and boxes from "
                 f"DATASETS.TRAIN; IMAGE_FOLDER {c.IMAGE_FOLDER!r} has no boxes. Leave it empty, "
                 "or use MODE 'grid' (or 'proposals' with a PROPOSALS_FILE covering its images)."
             )
-        proposals = annotation_boxes(cfg.DATASETS.TRAIN)
+        proposals = annotation_boxes(cfg.DATASETS.TRAIN)  # one read of the datasets: files + boxes
+    files = list_training_images(
+        cfg.DATASETS.TRAIN, c.IMAGE_FOLDER, None if proposals is None else list(proposals)
+    )
+    _require_readable_images(files)
+    if c.MODE == "proposals":
+        proposals = load_proposals(c.PROPOSALS_FILE)
     dataset = CLIPSelfImageDataset(files, c.IMAGE_SIZE, proposals, tuple(c.PROPOSAL_SIZE_RANGE))
     batch = _per_rank_batch(cfg)
     sampler = InfiniteShardedSampler(len(dataset), seed=get_seed(cfg), start=start_iter * batch)

@@ -330,14 +330,21 @@ class ExportEnsembleHook(HookBase):
 
 
 # ---------------------------------------------------------------------- data
-def list_training_images(dataset_names: Sequence[str], folder: str = "") -> List[str]:
+def list_training_images(
+    dataset_names: Sequence[str], folder: str = "", dataset_files: Optional[Sequence[str]] = None
+) -> List[str]:
     """Image files of registered Detectron2 datasets (their "file_name"s; labels unused) and of a
-    folder (recursive), deduplicated, in a fixed order."""
+    folder (recursive), deduplicated, in a fixed order. ``dataset_files``: the datasets' file
+    names when the caller has already read them (MODE "annotations" reads them with their boxes),
+    so the datasets are not loaded a second time."""
     from detectron2.data import DatasetCatalog
 
     files: List[str] = []
-    for name in dataset_names:
-        files.extend(d["file_name"] for d in DatasetCatalog.get(name))
+    if dataset_files is not None:
+        files.extend(dataset_files)
+    else:
+        for name in dataset_names:
+            files.extend(d["file_name"] for d in DatasetCatalog.get(name))
     if folder:
         if not os.path.isdir(folder):
             raise FileNotFoundError(f"MODEL.OVD.CLIPSELF.IMAGE_FOLDER {folder!r} is not a folder.")
