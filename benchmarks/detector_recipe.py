@@ -18,14 +18,11 @@ import subprocess
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO_ROOT)  # benchmarks.synthetic lives in the checkout, not in the package
+from benchmarks.synthetic.pipeline import CONFIG_DIR, METHODS, TOOLS_DIR  # noqa: E402
 
-ORACLE = [
-    "DATASETS.TRAIN", '("ovdet_synthetic_train_all",)',
-    "MODEL.OVD.TRAIN_VOCABULARY", "dataset:ovdet_synthetic_train_all",
-    "MODEL.OVD.CLASSIFIER.NOVEL_MASK", "none",
-    "MODEL.OVD.FUSION.RULE", "",
-]  # fmt: skip
+ORACLE = METHODS["fvlm_oracle"]  # the benchmark's oracle row: its config and overrides
 _SGD_8x600 = [
     "MODEL.OVD.SOLVER.OPTIMIZER", "SGD", "SOLVER.BASE_LR", "0.02", "SOLVER.WEIGHT_DECAY", "0.0001",
     "SOLVER.IMS_PER_BATCH", "8", "SOLVER.MAX_ITER", "600", "SOLVER.STEPS", "(480,)",
@@ -46,12 +43,12 @@ def run_recipe(name, args):
     out = os.path.join(args.output, name)
     os.makedirs(out, exist_ok=True)
     env = dict(os.environ, DETECTRON2_DATASETS=os.path.abspath(args.datasets_root))
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, env.get("PYTHONPATH", "")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO_ROOT, env.get("PYTHONPATH", "")]))
     env.setdefault("OMP_NUM_THREADS", "2")
-    cmd = [sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--config-file",
-           os.path.join(REPO, "configs", "synthetic", "fvlm.yaml"),
+    cmd = [sys.executable, os.path.join(TOOLS_DIR, "train_net.py"), "--config-file",
+           os.path.join(CONFIG_DIR, ORACLE.config),
            "MODEL.OVD.CLIP.PRETRAINED", os.path.abspath(args.clip_checkpoint),
-           "SEED", str(args.seed), *ORACLE, *RECIPES[name], "OUTPUT_DIR", out]  # fmt: skip
+           "SEED", str(args.seed), *ORACLE.opts, *RECIPES[name], "OUTPUT_DIR", out]  # fmt: skip
     start = time.time()
     with open(os.path.join(out, "train.log"), "w") as log:
         subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, env=env)
