@@ -7,6 +7,10 @@ region scorer (F-VLM's and RO-ViT's, methods §2.3) on a generated dataset's val
 2. Full-box check: each val crop (as the zero-shot crop figure sees it) scored by the region
    scorer with the whole crop as its box, against the image encoder on the same crop, for each
    ``--pooler-resolutions`` (a scorer that equals the encoder here is not the cause of a gap).
+3. ``--towers``: the boxes scored at scale 1 on maps from the tower run differently: ``global``
+   (as the detectors run it), ``winN`` (attention inside N x N-token windows in every block) or
+   ``tileS`` (the tower on its native-size tiles, stride S px, overlapping maps averaged: each
+   token sees only its tile, with the native positional embedding).
 
     python benchmarks/region_diagnostics.py --dataset DIR --checkpoint tiny_clip.pt
 """
@@ -22,6 +26,7 @@ import torch.nn.functional as F
 
 from ovdet_plugin.clip import build_clip_model, clip_image_size, get_clip_tokenizer
 from ovdet_plugin.clip.crops import normalize_for_clip, uint8_to_unit
+from ovdet_plugin.clip.dense import DenseCLIPViT
 from ovdet_plugin.clip.text_embeddings import encode_vocabulary
 from ovdet_plugin.evaluation.zero_shot_crops import load_crops
 from ovdet_plugin.modeling.vlm_scorers import AvgPoolRegionScorer
@@ -59,6 +64,40 @@ def region_accuracy_at_scale(dataset_dir, model, text, scorer, scale: float) -> 
     return 100.0 * hits / total
 
 
+class LocalTowerScorer(AvgPoolRegionScorer):
+    """The avgpool scorer on a tower map computed with local attention (see ``--towers``)."""
+
+    def __init__(self, visual, variant: str, tile: int, **kwargs):
+        super().__init__(visual, **kwargs)
+        self.variant, self.tile = variant, tile
+
+    def tower_map(self, images: torch.Tensor) -> torch.Tensor:
+        if self.variant == "global":
+            return super().tower_map(images)
+        if self.variant.startswith("win"):
+            x, grid = self.dense.embed(images)
+            blocks = range(self.dense.num_layers)
+            x, _ = self.dense.run_blocks(
+                x, grid, window_size=int(self.variant[3:]), window_block_indexes=blocks
+            )
+            return DenseCLIPViT.tokens_to_map(x, grid)
+        stride, t, p = int(self.variant[4:]), self.tile, self.dense.patch_size[0]
+        H, W = images.shape[-2:]
+        out = images.new_zeros(images.shape[0], self.dense.width, H // p, W // p)
+        count = images.new_zeros(1, 1, H // p, W // p)
+        for y in range(0, H - t + 1, stride):
+            for x in range(0, W - t + 1, stride):
+                cell = (
+                    slice(None),
+                    slice(None),
+                    slice(y // p, (y + t) // p),
+                    slice(x // p, (x + t) // p),
+                )
+                out[cell] += super().tower_map(images[:, :, y : y + t, x : x + t])
+                count[cell] += 1
+        return out / count
+
+
 @torch.no_grad()
 def full_box_check(model, text, crops, pooler_resolution: int):
     """(region-scorer top-1 %, image-encoder top-1 %, mean cosine of the two embeddings) on the
@@ -83,8 +122,9 @@ def main(argv=None):
     p.add_argument("--dataset", required=True)
     p.add_argument("--model-name", default="ovdet-tiny-vit-avg")
     p.add_argument("--checkpoint", required=True, help="open_clip state dict")
-    p.add_argument("--scales", type=float, nargs="+", default=[1.0, 0.5])
-    p.add_argument("--pooler-resolutions", type=int, nargs="+", default=[4, 8])
+    p.add_argument("--scales", type=float, nargs="*", default=[1.0, 0.5])
+    p.add_argument("--pooler-resolutions", type=int, nargs="*", default=[4, 8])
+    p.add_argument("--towers", nargs="*", default=[], help="e.g. global win8 win4 tile64 tile32")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     model = build_clip_model(args.model_name, args.checkpoint).eval()
@@ -100,6 +140,12 @@ def main(argv=None):
         region, image, cos = full_box_check(model, text, crops, res)
         print(f"full-box check, pooler {res}x{res}: region {region:.1f}%, encoder {image:.1f}%, "
               f"cosine {cos:.4f}")  # fmt: skip
+    for variant in args.towers:
+        local = LocalTowerScorer(
+            model.visual, variant, clip_image_size(model)[0], pooler_resolution=4
+        )
+        acc = region_accuracy_at_scale(args.dataset, model, text, local, 1.0)
+        print(f"boxes in the whole image, tower {variant}: region top-1 {acc:.1f}%")
 
 
 if __name__ == "__main__":
