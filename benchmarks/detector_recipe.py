@@ -36,6 +36,9 @@ RECIPES = {
     "adamw_8x600_blocks": _ADAMW_8x600 + _FC128,
     "adamw_4x1200_fc128": _FC128,
     "current": [],
+    # shorter schedules of the current recipe, to fit make demo in 15 minutes
+    "adamw_4x1000": ["SOLVER.MAX_ITER", "1000", "SOLVER.STEPS", "(800,)"],
+    "adamw_4x900": ["SOLVER.MAX_ITER", "900", "SOLVER.STEPS", "(720,)"],
 }
 
 

@@ -58,3 +58,26 @@ def test_pretraining_adamw_groups_and_betas():
     assert decay["betas"] == (0.8, 0.9) and decay["lr"] == cfg.SOLVER.BASE_LR
     with pytest.raises(ValueError, match="No trainable parameter"):
         clip_param_groups(cfg, nn.Linear(2, 2).requires_grad_(False))
+
+
+@pytest.mark.parametrize("name", ["SGD", "AdamW"])
+def test_fused_optimizer_takes_the_same_steps(name):
+    """MODEL.OVD.SOLVER.FUSED builds torch's fused kernel; its update matches the default one."""
+    cfg = get_ovdet_cfg(
+        "configs/test/tiny_rovit_pretrain.yaml", ["MODEL.OVD.SOLVER.OPTIMIZER", name]
+    )
+    params = {}
+    for fused in (False, True):
+        cfg.defrost()
+        cfg.MODEL.OVD.SOLVER.FUSED = fused
+        torch.manual_seed(0)
+        model = _TinyClip()
+        opt = build_ovdet_optimizer(cfg, model, param_groups=clip_param_groups(cfg, model))
+        assert opt.defaults.get("fused") == (True if fused else None)
+        for _ in range(3):
+            opt.zero_grad()
+            model.ln(model.proj(torch.randn(5, 4))).pow(2).sum().backward()
+            opt.step()
+        params[fused] = [p.detach().clone() for p in model.parameters()]
+    for a, b in zip(params[False], params[True]):
+        torch.testing.assert_close(a, b)

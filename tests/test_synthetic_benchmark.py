@@ -194,6 +194,64 @@ def test_unknown_method_is_refused():
         SyntheticBenchmark("/nonexistent", methods=["fvlm", "yolo"])
 
 
+def test_training_steps_wait_for_their_inputs_and_keep_both_cores_busy(tmp_path):
+    """_train_steps with the steps replaced by sleeps: each starts after what it needs, at most
+    ``jobs`` at once, and CLIPSelf runs beside the F-VLM detector instead of before it."""
+    import threading
+
+    bench = SyntheticBenchmark(tmp_path / "out", SIZES["smoke"], jobs=2, log=lambda s: None)
+    lock, events, running, peak = threading.Lock(), [], set(), [0]
+
+    def fake(name, record):
+        with lock:
+            events.append(("start", name))
+            running.add(name)
+            peak[0] = max(peak[0], len(running))
+        time.sleep(0.05)
+        with lock:
+            events.append(("end", name))
+            running.discard(name)
+        return record
+
+    bench._clipself_step = lambda clip: fake("clipself", {"path": "cs.pt"})
+    bench._vild_step = lambda clip, fvlm: fake("vild_embeddings", {"dir": fvlm["weights"] + "/e"})
+    seen_inputs = {}
+
+    def detector(method, clip, clipself, vild_dir):
+        seen_inputs[method.key] = (clipself, vild_dir)
+        return fake(method.key, {"weights": method.key})
+
+    bench._detector_step = detector
+    done = bench._train_steps({"path": "clip.pt"})
+    assert set(done) == set(METHODS) | {"clipself", "vild_embeddings"}
+    assert peak[0] == 2
+    assert events[:2] == [("start", "fvlm"), ("start", "clipself")]
+
+    def finished_before_started(first, then):
+        return events.index(("end", first)) < events.index(("start", then))
+
+    assert finished_before_started("fvlm", "vild_embeddings")
+    assert finished_before_started("vild_embeddings", "vild")
+    assert finished_before_started("clipself", "fvit")
+    assert seen_inputs["fvit"] == ({"path": "cs.pt"}, "")
+    assert seen_inputs["vild"][1] == "fvlm/e"
+
+
+def test_a_failed_training_step_stops_the_run(tmp_path):
+    bench = SyntheticBenchmark(tmp_path / "out", SIZES["smoke"], jobs=2, log=lambda s: None)
+    bench._clipself_step = lambda clip: {"path": "cs.pt"}
+    bench._vild_step = lambda clip, fvlm: {"dir": "e"}
+
+    def detector(method, clip, clipself, vild_dir):
+        if method.key == "fvlm":
+            raise RuntimeError("train_net.py failed")
+        return {"weights": method.key}
+
+    bench._detector_step = detector
+    with pytest.raises(RuntimeError, match="train_net.py failed"):
+        bench._train_steps({"path": "clip.pt"})
+
+
 def _fake_results(path, methods, ap):
     os.makedirs(path, exist_ok=True)
     recs = {}

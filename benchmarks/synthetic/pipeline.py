@@ -45,6 +45,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Dict, List, Optional, Sequence
@@ -349,6 +350,7 @@ class SyntheticBenchmark:
         self.captions_dir = os.path.join(self.datasets_root, "ovdet_synthetic_captions")
         self.timings: Dict[str, float] = {}
         self._step_index = 0
+        self._step_lock = threading.Lock()
         self._num_steps = (
             3  # data, clip, pictures
             + int(self._needs_clipself)
@@ -364,8 +366,9 @@ class SyntheticBenchmark:
     def _step(self, name: str, key: Dict, run: Callable[[str], Dict]) -> Dict:
         """Run ``run(folder)`` unless ``folder/step.json`` holds the same key; return the record."""
         key = json.loads(json.dumps(key))  # as step.json stores it (tuples -> lists)
-        self._step_index += 1
-        tag = f"[{self._step_index}/{self._num_steps}] {name}"
+        with self._step_lock:  # steps run in parallel threads (_train_steps)
+            self._step_index += 1
+            tag = f"[{self._step_index}/{self._num_steps}] {name}"
         folder = os.path.join(self.out_dir, name)
         done = load_step(folder)
         if done is not None and done.get("key") == key:
@@ -416,8 +419,9 @@ class SyntheticBenchmark:
         start = time.perf_counter()
         data = self._step("data", {"data": self.size.data_overrides(self.data_seed)}, self._data)
         clip = self._clip_step(data)
-        clipself = self._clipself_step(clip) if self._needs_clipself else None
-        results = self._train_detectors(clip, clipself)
+        trained = self._train_steps(clip)
+        clipself = trained.get("clipself")
+        results = {m.key: trained[m.key] for m in self.methods}
         pictures = self._pictures_step(clip, clipself, results)
         self._add_label_precision(results, pictures)
         total = time.perf_counter() - start
@@ -626,27 +630,62 @@ class SyntheticBenchmark:
 
         return self._step("clipself", key, run)
 
-    def _train_detectors(self, clip: Dict, clipself: Optional[Dict]) -> Dict[str, Dict]:
-        """Every method's detector step, ``jobs`` at a time (one torch thread each). The ViLD
-        methods wait for the F-VLM detector, whose RPN gives their distillation proposals."""
-        from concurrent.futures import ThreadPoolExecutor
+    def _train_steps(self, clip: Dict) -> Dict[str, Dict]:
+        """CLIPSelf, every method's detector and ViLD's distillation targets, ``jobs`` steps at a
+        time (one torch thread each). A step starts once what it needs is done: the methods on
+        CLIPSelf's export wait for CLIPSelf, ViLD's targets for the F-VLM detector (its RPN gives
+        the proposals), the ViLD methods for the targets. Ready steps start longest chain first
+        (F-VLM -> targets -> ViLD, then CLIPSelf -> F-ViT, then the rest), so that no core idles
+        while one chain waits. Returns step name -> record."""
+        from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
-        vild_methods = [m for m in self.methods if m.vild]
+        steps: Dict[str, tuple] = {}  # name -> (chain rank, steps it needs, run(done) -> record)
+        if self._needs_clipself:
+            steps["clipself"] = (1, [], lambda done: self._clipself_step(clip))
+        for m in self.methods:
+            if m.vild:
+                continue
+            needs = ["clipself"] if m.backbone == "clipself" else []
+            rank = 0 if m.key == "fvlm" else (1 if needs else 2)
+            steps[m.key] = (rank, needs, self._detector_runner(m, clip))
+        if any(m.vild for m in self.methods):
+            steps["vild_embeddings"] = (
+                0,
+                ["fvlm"],
+                lambda done: self._vild_step(clip, done["fvlm"]),
+            )
+            for m in self.methods:
+                if m.vild:
+                    steps[m.key] = (0, ["vild_embeddings"], self._detector_runner(m, clip))
+        order = sorted(steps, key=lambda name: steps[name][0])  # stable: listed order in a rank
+        done: Dict[str, Dict] = {}
+        running: Dict = {}  # future -> step name
         with ThreadPoolExecutor(max_workers=self.jobs) as pool:
-            futures = {
-                m.key: pool.submit(self._detector_step, m, clip, clipself, "")
-                for m in self.methods
-                if not m.vild
-            }
-            if vild_methods:
-                vild_dir = self._vild_step(clip, futures["fvlm"].result())
-                for m in vild_methods:
-                    futures[m.key] = pool.submit(self._detector_step, m, clip, clipself, vild_dir)
-            return {m.key: futures[m.key].result() for m in self.methods}
+            while order or running:
+                for name in [n for n in order if all(d in done for d in steps[n][1])]:
+                    if len(running) >= self.jobs:
+                        break
+                    order.remove(name)
+                    running[pool.submit(steps[name][2], dict(done))] = name
+                if not running:  # cannot happen with the dependencies above; never spin
+                    raise RuntimeError(f"Steps {order} need steps that do not run")
+                finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                for future in finished:
+                    done[running.pop(future)] = future.result()  # a failed step raises here
+        return done
 
-    def _vild_step(self, clip: Dict, fvlm: Dict) -> str:
+    def _detector_runner(self, method: Method, clip: Dict) -> Callable[[Dict], Dict]:
+        """The method's detector step as a function of the records of the steps it needs."""
+
+        def run(done: Dict[str, Dict]) -> Dict:
+            vild_dir = done["vild_embeddings"]["dir"] if method.vild else ""
+            return self._detector_step(method, clip, done.get("clipself"), vild_dir)
+
+        return run
+
+    def _vild_step(self, clip: Dict, fvlm: Dict) -> Dict:
         """ViLD's distillation targets: proposals of the F-VLM detector's RPN (trained on base
-        classes), embedded by the tiny CLIP. Returns the embeddings folder."""
+        classes), embedded by the tiny CLIP. Returns the record (``dir``: the embeddings folder)."""
         rpn = fvlm["weights"]
         opts = [
             "--config-file", os.path.join(CONFIG_DIR, "fvlm.yaml"),
@@ -667,7 +706,7 @@ class SyntheticBenchmark:
             )  # fmt: skip
             return {"dir": out}
 
-        return self._step("vild_embeddings", key, run)["dir"]
+        return self._step("vild_embeddings", key, run)
 
     def _detector_opts(self, method: Method, clip: Dict, clipself: Optional[Dict], vild_dir: str):
         s = self.size

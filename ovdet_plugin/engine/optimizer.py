@@ -94,7 +94,8 @@ def build_ovdet_optimizer(
         param_groups: parameter groups; None means :func:`detection_param_groups`.
     Returns:
         SGD (momentum ``SOLVER.MOMENTUM``, ``SOLVER.NESTEROV``) or AdamW (betas
-        ``MODEL.OVD.SOLVER.BETAS``); ``SOLVER.WEIGHT_DECAY`` for groups that set none.
+        ``MODEL.OVD.SOLVER.BETAS``); ``SOLVER.WEIGHT_DECAY`` for groups that set none; torch's
+        fused kernel with ``MODEL.OVD.SOLVER.FUSED``.
     """
     name = (optimizer or cfg.MODEL.OVD.SOLVER.OPTIMIZER).upper()
     if name == "SGD":
@@ -105,6 +106,8 @@ def build_ovdet_optimizer(
         kwargs = {"betas": tuple(cfg.MODEL.OVD.SOLVER.BETAS)}
     else:
         raise ValueError(f"MODEL.OVD.SOLVER.OPTIMIZER must be 'SGD' or 'AdamW', got {name!r}")
+    if cfg.MODEL.OVD.SOLVER.FUSED:
+        kwargs["fused"] = True  # torch's one-kernel update (CPU and CUDA)
     if param_groups is None:
         param_groups = detection_param_groups(cfg, model)
     return maybe_add_gradient_clipping(cfg, opt_class)(
