@@ -634,30 +634,30 @@ class SyntheticBenchmark:
         """CLIPSelf, every method's detector and ViLD's distillation targets, ``jobs`` steps at a
         time (one torch thread each). A step starts once what it needs is done: the methods on
         CLIPSelf's export wait for CLIPSelf, ViLD's targets for the F-VLM detector (its RPN gives
-        the proposals), the ViLD methods for the targets. Ready steps start longest chain first
-        (F-VLM -> targets -> ViLD, then CLIPSelf -> F-ViT, then the rest), so that no core idles
-        while one chain waits. Returns step name -> record."""
+        the proposals), the ViLD methods for the targets. Ready steps start in this order: the
+        F-VLM detector and CLIPSelf (the two others wait for), the other detectors, ViLD's targets
+        and ViLD, the oracle last. With the default size's step times this keeps both cores busy
+        to the end; starting the longest chain (F-VLM -> targets -> ViLD) first left one core idle
+        for the last oracle run (benchmarks/RESULTS.md, "make demo in 15 minutes"). Returns step
+        name -> record."""
         from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
-        steps: Dict[str, tuple] = {}  # name -> (chain rank, steps it needs, run(done) -> record)
+        steps: Dict[str, tuple] = {}  # name -> (start rank, steps it needs, run(done) -> record)
         if self._needs_clipself:
-            steps["clipself"] = (1, [], lambda done: self._clipself_step(clip))
+            steps["clipself"] = (0, [], lambda done: self._clipself_step(clip))
         for m in self.methods:
-            if m.vild:
-                continue
-            needs = ["clipself"] if m.backbone == "clipself" else []
-            rank = 0 if m.key == "fvlm" else (1 if needs else 2)
-            steps[m.key] = (rank, needs, self._detector_runner(m, clip))
+            if not m.vild:
+                needs = ["clipself"] if m.backbone == "clipself" else []
+                rank = 0 if m.key == "fvlm" else 3 if m.oracle else 1
+                steps[m.key] = (rank, needs, self._detector_runner(m, clip))
         if any(m.vild for m in self.methods):
-            steps["vild_embeddings"] = (
-                0,
-                ["fvlm"],
-                lambda done: self._vild_step(clip, done["fvlm"]),
-            )
+            embed = lambda done: self._vild_step(clip, done["fvlm"])  # noqa: E731
+            steps["vild_embeddings"] = (2, ["fvlm"], embed)
             for m in self.methods:
                 if m.vild:
-                    steps[m.key] = (0, ["vild_embeddings"], self._detector_runner(m, clip))
-        order = sorted(steps, key=lambda name: steps[name][0])  # stable: listed order in a rank
+                    steps[m.key] = (2, ["vild_embeddings"], self._detector_runner(m, clip))
+        # rank, then F-VLM before CLIPSelf, then the methods' listed order (sorted is stable)
+        order = sorted(steps, key=lambda name: (steps[name][0], name != "fvlm"))
         done: Dict[str, Dict] = {}
         running: Dict = {}  # future -> step name
         with ThreadPoolExecutor(max_workers=self.jobs) as pool:
