@@ -15,6 +15,7 @@ from conftest import REPO_ROOT
 
 from benchmarks.synthetic.ablations import collect_ablations, format_ablations_markdown
 from benchmarks.synthetic.pipeline import (
+    ABLATIONS,
     METHODS,
     SHIPPED_CLIP,
     SIZES,
@@ -258,7 +259,7 @@ def _fake_results(path, methods, ap):
     for k in methods:
         box = {"AP": ap, "AP50": ap, "APr": ap / 2, "APc": ap, "APf": ap}
         recs[k] = {"title": k, "fused": box}
-        if k in METHODS and METHODS[k].fused:
+        if {**METHODS, **ABLATIONS}[k].fused:
             recs[k]["detector_only"] = dict(box, APr=ap / 4)
     report = {"methods": recs, "clip": {"zero_shot": {"r": 50.0, "all": 40.0}}}
     with open(os.path.join(path, "results.json"), "w") as f:
@@ -280,7 +281,34 @@ def test_ablation_table_mean_and_spread(tmp_path):
     assert table["pretraining"]["cpe_focal"]["rovit"]["fused"]["APr"] == 3.0
     md = format_ablations_markdown(table)
     assert "20.0 ± 8.2" in md and "| CPE + focal | 50.0 | 40.0 | 6.0 | 3.0 |" in md
+    assert "vild_text" not in table["headline"]  # no run of it: no row, no claim
+    assert table["claims"][-1]["claim"].startswith("best APr (F-VLM)")  # ties: the first
     shutil.rmtree(tmp_path / "ablations")
+
+
+def test_ablation_claims_compare_means_against_the_spread(tmp_path):
+    """A claim holds when its difference of the means exceeds the two stds combined; seed 0 of
+    the ablation methods comes from the "methods" job."""
+    ablations = ["vild_text", "fvit_no_clipself"]
+    _fake_results(tmp_path, list(METHODS), 10.0)
+    _fake_results(tmp_path / "ablations" / "methods", ablations, 4.0)
+    _fake_results(tmp_path / "ablations" / "seed1", list(METHODS) + ablations, 11.0)
+    _fake_results(tmp_path / "ablations" / "seed2", list(METHODS) + ablations, 12.0)
+    table = collect_ablations(str(tmp_path), (0, 1, 2))
+    assert table["headline"]["vild_text"]["seeds"] == [0, 1, 2]
+    assert table["headline"]["vild_text"]["APr"]["mean"] == pytest.approx(27 / 6)
+    claims = {c["claim"]: c for c in table["claims"]}
+    # ViLD APr 5, 5.5, 6 vs ViLD-text 2, 5.5, 6: difference 1.0 < the stds (0.41 + 1.78)
+    vild = claims["ViLD: ensemble APr > ViLD-text APr"]
+    assert vild["diff"] == pytest.approx(1.0) and not vild["holds"]
+    # fused APr (ap / 2) against detector-only APr (ap / 4): 5.5 vs 2.75, stds 0.41 + 0.20
+    fused = claims["F-VLM: fused APr > detector-only APr"]
+    assert fused["diff"] == pytest.approx(2.75) and fused["holds"]
+    best = [c for c in table["claims"] if "ratio" in c][0]
+    assert best["ratio"] == pytest.approx(0.5) and not best["holds"]
+    md = format_ablations_markdown(table)
+    assert "ViLD: ensemble APr > ViLD-text APr: 5.5 ± 0.4 vs 4.5 ± 1.8" in md
+    assert "(difference +1.0), not shown" in md and "**holds**" in md
 
 
 def test_group_accuracy_per_frequency_group():

@@ -1,9 +1,11 @@
 """Ablations of the generated-data benchmark (``make benchmark-synthetic``): the directions each
 paper claims, measured on the generated data, as one table.
 
-- headline rows (the four methods) over 3 seeds: the seed sets the generated data, CLIPSelf
-  and the detectors' training; the tiny CLIP is the main run's for all three. Mean and spread
-  (population standard deviation);
+- headline rows (the four methods, the oracle, and ViLD-text and F-ViT without CLIPSelf, the
+  other side of two claims) over 3 seeds: the seed sets the generated data, CLIPSelf and the
+  detectors' training; the tiny CLIP is the main run's for all three. Mean and spread
+  (population standard deviation), and the papers' claims checked on them (``paper_claims``:
+  a difference holds when it exceeds the two standard deviations combined);
 - F-VLM, F-ViT, RO-ViT detector-only vs fused (every run of a fused method is evaluated both ways);
 - ViLD-text vs ViLD-image vs ViLD (text + image, one branch) vs ViLD-ensemble;
 - F-ViT without vs with CLIPSelf;
@@ -29,6 +31,7 @@ from typing import Callable, Dict, List, Sequence
 from ovdet_plugin.utils.atomic_io import atomic_write_path
 
 from .pipeline import (
+    ABLATIONS,
     METHODS,
     PRETRAIN_VARIANTS,
     REPO_ROOT,
@@ -47,6 +50,11 @@ PRETRAIN_VARIANT_NAMES = {
 }
 
 
+# The ablation methods that are one side of a paper's claim, run with every seed (seed 0's in
+# the "methods" job): ViLD-text (vs the ensemble) and F-ViT without CLIPSelf (vs with).
+SEED_ABLATIONS = ("vild_text", "fvit_no_clipself")
+
+
 def ablation_jobs(
     clip_path: str, seeds: Sequence[int], pretrain_steps: int, size_name: str
 ) -> Dict[str, List[str]]:
@@ -55,7 +63,10 @@ def ablation_jobs(
     jobs = {}
     for seed in seeds:
         if seed != 0:  # seed 0 is the main run
-            jobs[f"seed{seed}"] = common + ["--seed", str(seed), "--clip-checkpoint", clip_path]
+            jobs[f"seed{seed}"] = common + [
+                "--seed", str(seed), "--clip-checkpoint", clip_path,
+                "--methods", ",".join([*METHODS, *SEED_ABLATIONS]),
+            ]  # fmt: skip
     jobs["methods"] = common + [
         "--clip-checkpoint", clip_path,
         "--methods", "vild_text,vild_image,vild_text_image,fvit_no_clipself,rovit_frozen",
@@ -144,8 +155,12 @@ def collect_ablations(out_dir: str, seeds: Sequence[int]) -> Dict:
     for seed in seeds:
         if seed != 0:
             runs[seed] = _load(os.path.join(root, f"seed{seed}", "results.json"))
+    extra = _load(os.path.join(root, "methods", "results.json"))
+    if runs[0] and extra:  # seed 0's SEED_ABLATIONS come from the "methods" job
+        runs[0] = dict(runs[0], methods={**extra["methods"], **runs[0]["methods"]})
     headline = {}
-    for key, method in METHODS.items():
+    for key in [*METHODS, *SEED_ABLATIONS]:
+        method = {**METHODS, **ABLATIONS}[key]
         per_seed = {s: r["methods"][key] for s, r in runs.items() if r and key in r["methods"]}
         if not per_seed:
             continue
@@ -158,8 +173,7 @@ def collect_ablations(out_dir: str, seeds: Sequence[int]) -> Dict:
             )
         headline[key] = row
     single = {}
-    main = runs.get(0)
-    extra = _load(os.path.join(root, "methods", "results.json"))
+    main = _load(os.path.join(out_dir, "results.json"))
     for source in (main, extra):
         for key, rec in ((source or {}).get("methods") or {}).items():
             single[key] = rec
@@ -171,7 +185,49 @@ def collect_ablations(out_dir: str, seeds: Sequence[int]) -> Dict:
                 "zero_shot": r["clip"]["zero_shot"],
                 "rovit": r["methods"]["rovit"],
             }
-    return {"headline": headline, "single_seed": single, "pretraining": pretrain}
+    return {
+        "headline": headline,
+        "claims": paper_claims(headline),
+        "single_seed": single,
+        "pretraining": pretrain,
+    }
+
+
+def _larger(headline: Dict, a: tuple, b: tuple, claim: str) -> Dict:
+    """Claim "a > b": the difference of the means and whether it exceeds the two stds combined
+    (``a`` / ``b``: (row, metric) of the headline table)."""
+    x, y = headline[a[0]][a[1]], headline[b[0]][b[1]]
+    diff = x["mean"] - y["mean"]
+    return {"claim": claim, "a": x, "b": y, "diff": diff, "holds": diff > x["std"] + y["std"]}
+
+
+def paper_claims(headline: Dict) -> List[Dict]:
+    """The papers' directions that the headline rows can check over the seeds: fused APr >
+    detector-only APr (F-VLM, F-ViT, RO-ViT), ViLD ensemble > ViLD-text and F-ViT with >
+    without CLIPSelf on APr, each holding when the difference of the means is larger than the
+    two standard deviations combined; and the best open-vocabulary method's APr >= 0.6 APf."""
+    claims = []
+    for key in ("fvlm", "fvit", "rovit"):
+        if key in headline and "APr_detector_only" in headline[key]:
+            claims.append(
+                _larger(headline, (key, "APr"), (key, "APr_detector_only"),
+                        f"{METHODS[key].title}: fused APr > detector-only APr")
+            )  # fmt: skip
+    for a, b, claim in (
+        ("vild", "vild_text", "ViLD: ensemble APr > ViLD-text APr"),
+        ("fvit", "fvit_no_clipself", "F-ViT: APr with CLIPSelf > without"),
+    ):
+        if a in headline and b in headline:
+            claims.append(_larger(headline, (a, "APr"), (b, "APr"), claim))
+    open_vocab = [k for k in METHODS if k in headline and not METHODS[k].oracle]
+    if open_vocab:
+        best = max(open_vocab, key=lambda k: headline[k]["APr"]["mean"])
+        ratio = headline[best]["APr"]["mean"] / max(headline[best]["APf"]["mean"], 1e-9)
+        claims.append({
+            "claim": f"best APr ({METHODS[best].title}) >= 0.6 x its APf",
+            "ratio": ratio, "holds": ratio >= 0.6,
+        })  # fmt: skip
+    return claims
 
 
 def _fmt(ms: Dict[str, float]) -> str:
@@ -194,6 +250,20 @@ def format_ablations_markdown(table: Dict) -> str:
                 f"| {r['title']} | {_fmt(r['AP'])} | {_fmt(r['APr'])} | {_fmt(r['APc'])} | "
                 f"{_fmt(r['APf'])} | {only} |"
             )
+        lines.append("")
+    claims = table.get("claims") or []
+    if claims:
+        lines += ["The papers' claims over the seeds (holds: the difference of the means is "
+                  "larger than the two standard deviations combined):", ""]  # fmt: skip
+        for c in claims:
+            verdict = "**holds**" if c["holds"] else "not shown"
+            if "ratio" in c:
+                lines.append(f"- {c['claim']}: {c['ratio']:.2f}, {verdict}")
+            else:
+                lines.append(
+                    f"- {c['claim']}: {_fmt(c['a'])} vs {_fmt(c['b'])} "
+                    f"(difference {c['diff']:+.1f}), {verdict}"
+                )
         lines.append("")
     s = table["single_seed"]
     if s:
