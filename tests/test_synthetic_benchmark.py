@@ -277,6 +277,7 @@ def test_ablation_table_mean_and_spread(tmp_path):
     assert fvlm["AP"]["mean"] == pytest.approx(20.0)
     assert fvlm["AP"]["std"] == pytest.approx((200 / 3) ** 0.5)
     assert fvlm["APr_detector_only"]["mean"] == pytest.approx(5.0)
+    assert fvlm["APf_detector_only"]["mean"] == pytest.approx(20.0)
     assert "APr_detector_only" not in table["headline"]["vild"]
     assert table["pretraining"]["cpe_focal"]["rovit"]["fused"]["APr"] == 3.0
     md = format_ablations_markdown(table)

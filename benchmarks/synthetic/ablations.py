@@ -168,9 +168,10 @@ def collect_ablations(out_dir: str, seeds: Sequence[int]) -> Dict:
         for metric in ("AP", "APr", "APc", "APf"):
             row[metric] = _mean_std([rec["fused"][metric] for rec in per_seed.values()])
         if method.fused:
-            row["APr_detector_only"] = _mean_std(
-                [rec["detector_only"]["APr"] for rec in per_seed.values()]
-            )
+            for metric in ("APr", "APf"):
+                row[f"{metric}_detector_only"] = _mean_std(
+                    [rec["detector_only"][metric] for rec in per_seed.values()]
+                )
         headline[key] = row
     single = {}
     main = _load(os.path.join(out_dir, "results.json"))
@@ -242,10 +243,13 @@ def format_ablations_markdown(table: Dict) -> str:
         lines += [
             f"Headline rows: mean ± standard deviation over {n} seeds (box AP %, LVISEvaluator).",
             "",
-            *method_table_header(),
+            "| method | AP | APr | APc | APf | detector only: APr / APf |",
+            "|---|---|---|---|---|---|",
         ]
         for r in h.values():
-            only = _fmt(r["APr_detector_only"]) if "APr_detector_only" in r else "-"
+            only = "-"
+            if "APr_detector_only" in r:
+                only = f"{_fmt(r['APr_detector_only'])} / {_fmt(r['APf_detector_only'])}"
             lines.append(
                 f"| {r['title']} | {_fmt(r['AP'])} | {_fmt(r['APr'])} | {_fmt(r['APc'])} | "
                 f"{_fmt(r['APf'])} | {only} |"
