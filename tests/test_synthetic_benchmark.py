@@ -67,7 +67,7 @@ def test_smoke_run_produces_every_step_and_the_lvis_evaluation(smoke_run):
         for lp in [rec["label_precision"]] + (
             [rec["label_precision_detector_only"]] if METHODS[key].fused else []
         ):
-            assert lp["images"] == 4 and (lp["score_threshold"], lp["top_k"]) == (0.05, 6)
+            assert lp["images"] == 4 and (lp["score_threshold"], lp["top_k"]) == (0.8, 6)
             assert 0 <= lp["correct"] <= lp["n"] <= 6 * 4 and lp["n_rare"] <= lp["n"]
             assert lp["precision"] is None or 0.0 <= lp["precision"] <= 100.0
     # the oracle: F-VLM's detector on every class's boxes, evaluated detector only

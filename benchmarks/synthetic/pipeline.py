@@ -78,8 +78,11 @@ TOOLS_DIR = os.path.join(REPO_ROOT, "tools")
 SHIPPED_CLIP = os.path.join(REPO_ROOT, "benchmarks", "checkpoints", "tiny_clip_synthetic.pt")
 CLIP_MODEL_NAME = "ovdet-tiny-vit-avg"
 # The pictures' drawing selection (tools/demo.py --confidence-threshold, --top-k), also the
-# selection of the label-precision figure.
-PICTURE_THRESHOLD = 0.05
+# selection of the label-precision figure. 0.8 is the lowest of 0.05, 0.5, 0.7, 0.8 at which the
+# pictured method (ViLD) named >= 80% of its drawn detections right on another generated split
+# (seed 1: 82%, 157 drawn, rare labels 38%; 0.05 gave 27%, and can give at most about 50% with
+# 6 drawn per image and 3 objects per image); benchmarks/label_precision_thresholds.py.
+PICTURE_THRESHOLD = 0.8
 PICTURE_TOP_K = 6
 VAL_DATASET = "ovdet_synthetic_val"
 
@@ -773,7 +776,8 @@ class SyntheticBenchmark:
         images, vocabulary = _picture_inputs(self.data_dir, self.size.num_pictures)
         opts = self._detector_opts(method, clip, clipself, "")
         key = {"method": best, "weights": _file_digest(results[best]["weights"]), "images": images,
-               "vocabulary": vocabulary, "opts": opts}  # fmt: skip
+               "vocabulary": vocabulary, "opts": opts, "threshold": PICTURE_THRESHOLD,
+               "top_k": PICTURE_TOP_K}  # fmt: skip
 
         def run(folder: str) -> Dict:
             self._run_tool(
