@@ -108,7 +108,7 @@ DEFAULT_PRETRAIN_VARIANT = "multipos"
 
 @dataclass(frozen=True)
 class BenchmarkSize:
-    """Every size of a run. ``default`` takes about 21 minutes on a 2-core CPU (with the shipped
+    """Every size of a run. ``default`` takes about 16 minutes on a 2-core CPU (with the shipped
     tiny CLIP); ``smoke`` is the test suite's run."""
 
     num_train: int = 1000
