@@ -18,10 +18,13 @@ import sys
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)  # benchmarks.synthetic lives in the checkout, not in the package
-from benchmarks.synthetic.pipeline import ABLATIONS, METHODS, PICTURE_TOP_K  # noqa: E402
+from benchmarks.synthetic.pipeline import (  # noqa: E402
+    ABLATIONS,
+    METHODS,
+    PICTURE_TOP_K,
+    evaluator_detections_path,
+)
 from ovdet_plugin.evaluation import label_precision  # noqa: E402
-
-VAL_RESULTS = os.path.join("inference", "ovdet_synthetic_val", "lvis_instances_results.json")
 
 
 def precision_table(run_dir, thresholds, top_k=PICTURE_TOP_K):
@@ -34,7 +37,7 @@ def precision_table(run_dir, thresholds, top_k=PICTURE_TOP_K):
     for key, method in {**METHODS, **ABLATIONS}.items():  # the methods the run has evaluated
         title = method.title
         for suffix, sub in (("", ""), (", detector only", "detector_only")):
-            path = os.path.join(run_dir, key, sub, VAL_RESULTS)
+            path = evaluator_detections_path(os.path.join(run_dir, key, sub))
             if not os.path.isfile(path):
                 continue
             with open(path, encoding="utf-8") as f:

@@ -151,13 +151,14 @@ def _mean_std(values: List[float]) -> Dict[str, float]:
 def collect_ablations(out_dir: str, seeds: Sequence[int]) -> Dict:
     """The table from the runs' results.json files (missing runs are left out)."""
     root = os.path.join(out_dir, "ablations")
-    runs = {0: _load(os.path.join(out_dir, "results.json"))}
+    main = _load(os.path.join(out_dir, "results.json"))
+    extra = _load(os.path.join(root, "methods", "results.json"))
+    runs = {0: main}
+    if main and extra:  # seed 0's SEED_ABLATIONS come from the "methods" job
+        runs[0] = dict(main, methods={**extra["methods"], **main["methods"]})
     for seed in seeds:
         if seed != 0:
             runs[seed] = _load(os.path.join(root, f"seed{seed}", "results.json"))
-    extra = _load(os.path.join(root, "methods", "results.json"))
-    if runs[0] and extra:  # seed 0's SEED_ABLATIONS come from the "methods" job
-        runs[0] = dict(runs[0], methods={**extra["methods"], **runs[0]["methods"]})
     headline = {}
     for key in [*METHODS, *SEED_ABLATIONS]:
         method = {**METHODS, **ABLATIONS}[key]
@@ -174,7 +175,6 @@ def collect_ablations(out_dir: str, seeds: Sequence[int]) -> Dict:
                 )
         headline[key] = row
     single = {}
-    main = _load(os.path.join(out_dir, "results.json"))
     for source in (main, extra):
         for key, rec in ((source or {}).get("methods") or {}).items():
             single[key] = rec

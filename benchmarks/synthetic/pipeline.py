@@ -889,9 +889,14 @@ def _read_results(folder: str) -> Dict:
         return json.load(f)
 
 
+def evaluator_detections_path(folder: str) -> str:
+    """Where the LVISEvaluator saves the detections of a train_net.py run on the val split."""
+    return os.path.join(folder, "inference", VAL_DATASET, "lvis_instances_results.json")
+
+
 def _evaluator_detections(folder: str) -> str:
     """The LVISEvaluator's saved detections of a train_net.py run on the val split."""
-    path = os.path.join(folder, "inference", VAL_DATASET, "lvis_instances_results.json")
+    path = evaluator_detections_path(folder)
     if not os.path.isfile(path):
         raise RuntimeError(f"No saved detections {path}: did the LVISEvaluator run?")
     return path
