@@ -19,7 +19,11 @@ import torch
 from ovdet_plugin.clip import CLIP_MEAN, CLIP_STD, build_clip_model, get_clip_tokenizer
 from ovdet_plugin.clip.text_embeddings import encode_vocabulary
 from ovdet_plugin.evaluation.zero_shot_crops import format_accuracy, group_accuracy
-from ovdet_plugin.modeling.vlm_scorers import AvgPoolRegionScorer, DenseRegionScorer
+from ovdet_plugin.modeling.vlm_scorers import (
+    AttnPoolRegionScorer,
+    AvgPoolRegionScorer,
+    DenseRegionScorer,
+)
 
 
 def region_accuracy(dataset_dir, model, tokenizer, scorer, split="val", prompts="single"):
@@ -55,7 +59,7 @@ def main(argv=None):
     p.add_argument("--dataset", required=True)
     p.add_argument("--model-name", default="ovdet-tiny-vit-avg")
     p.add_argument("--checkpoint", required=True, help="open_clip state dict")
-    p.add_argument("--scorer", default="avgpool", choices=["avgpool", "dense"])
+    p.add_argument("--scorer", default="avgpool", choices=["avgpool", "dense", "attnpool"])
     p.add_argument("--pooler-resolution", type=int, default=4)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -63,6 +67,8 @@ def main(argv=None):
     tokenizer = get_clip_tokenizer(args.model_name)
     if args.scorer == "avgpool":
         scorer = AvgPoolRegionScorer(model.visual, pooler_resolution=args.pooler_resolution)
+    elif args.scorer == "attnpool":  # F-VLM's scorer on a CLIP ResNet (its own grid)
+        scorer = AttnPoolRegionScorer(model.visual)
     else:
         scorer = DenseRegionScorer(model.visual)
     acc = region_accuracy(args.dataset, model, tokenizer, scorer)

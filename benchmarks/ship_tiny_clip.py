@@ -1,12 +1,14 @@
 """Ship a tiny CLIP pretrained by ``tools/pretrain_rovit.py`` (with
-``configs/pretraining/tiny_synthetic.yaml``) as ``benchmarks/checkpoints/tiny_clip_synthetic.pt``
-(what ``make demo`` starts from), and write its record beside it: model name, SHA-256 (checked by
-the benchmark before use), size, the exact commands (caption generation, pretraining), seed, the
-caption data config, the zero-shot crop curve from the run's metrics.json, machine, date, commit.
+``configs/pretraining/tiny_synthetic.yaml`` for the ViT, ``tiny_synthetic_rn.yaml`` for the
+ResNet) as ``benchmarks/checkpoints/tiny_clip_synthetic.pt`` or ``tiny_clip_rn_synthetic.pt``
+(what ``make demo`` starts from; chosen by the run's model name), and write its record beside
+it: model name, SHA-256 (checked by the benchmark before use), size, the exact commands (caption
+generation, pretraining), seed, the caption data config, the zero-shot crop curve from the run's
+metrics.json, machine, date, commit.
 
-``--run`` is either the ``clip`` step folder of a ``--from-scratch`` benchmark run (its step.json
-holds the commands) or the pretraining tool's OUTPUT_DIR (then the commands come from the step
-folder around it, or from ``--command`` / ``--caption-command``)::
+``--run`` is either the ``clip`` / ``clip_rn`` step folder of a ``--from-scratch`` benchmark run
+(its step.json holds the commands) or the pretraining tool's OUTPUT_DIR (then the commands come
+from the step folder around it, or from ``--command`` / ``--caption-command``)::
 
     python tools/run_synthetic_benchmark.py --from-scratch --output output/synthetic_benchmark_full
     python benchmarks/ship_tiny_clip.py --run output/synthetic_benchmark_full/clip
@@ -29,8 +31,7 @@ from typing import Dict, Optional
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)  # benchmarks.synthetic lives in the checkout, not in the package
 from benchmarks.synthetic.pipeline import (  # noqa: E402
-    CLIP_MODEL_NAME,
-    SHIPPED_CLIP,
+    TINY_CLIPS,
     file_sha256,
     load_step,
     read_zero_shot_curve,
@@ -130,11 +131,14 @@ def build_record(args) -> Dict:
         record["variant"] = step.get("variant", "")
         if "zero_shot" in step:  # the benchmark's own val crops (reported once)
             record["zero_shot_benchmark_val"] = step["zero_shot"]
-    if record["model_name"] != CLIP_MODEL_NAME:
-        raise ValueError(f"{record['model_name']} is not the benchmark's {CLIP_MODEL_NAME}")
+    shipped = {t.model_name: t.shipped for t in TINY_CLIPS.values()}
+    if record["model_name"] not in shipped:
+        raise ValueError(
+            f"{record['model_name']} is not one of the benchmark's tiny CLIPs {sorted(shipped)}"
+        )
     if not record["zero_shot_curve"]:
         raise ValueError(f"No zero_shot/* scalars in {output_dir}/metrics.json (no eval hook ran)")
-    return {"record": record, "checkpoint": checkpoint}
+    return {"record": record, "checkpoint": checkpoint, "dest": shipped[record["model_name"]]}
 
 
 def main(argv=None):
@@ -145,9 +149,10 @@ def main(argv=None):
     p.add_argument("--captions", default="", help="caption folder (default: its IMAGE_ROOT)")
     p.add_argument("--machine", default="", help="default: core count + lscpu's model name")
     p.add_argument("--date", default=time.strftime("%Y-%m-%d"))
-    p.add_argument("--dest", default=SHIPPED_CLIP, help="default: %(default)s")
+    p.add_argument("--dest", default="", help="default: the model's file in benchmarks/checkpoints")
     args = p.parse_args(argv)
     built = build_record(args)
+    args.dest = args.dest or built["dest"]
     size = os.path.getsize(built["checkpoint"])
     if size > MAX_BYTES:
         raise ValueError(f"{built['checkpoint']} has {size} bytes, over the {MAX_BYTES} allowed")

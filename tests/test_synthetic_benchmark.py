@@ -18,6 +18,7 @@ from benchmarks.synthetic.pipeline import (
     ABLATIONS,
     METHODS,
     SHIPPED_CLIP,
+    SHIPPED_CLIP_RN,
     SIZES,
     SyntheticBenchmark,
     load_step,
@@ -26,8 +27,8 @@ from benchmarks.synthetic.pipeline import (
 TOOL = os.path.join(REPO_ROOT, "tools", "run_synthetic_benchmark.py")
 VAL = "ovdet_synthetic_val"
 STEPS = [
-    "data", "clip", "clipself", "fvlm", "vild_embeddings", "vild", "fvit", "rovit", "fvlm_oracle",
-    "pictures",
+    "data", "clip", "clip_rn", "clipself", "fvlm", "vild_embeddings", "vild", "fvit", "rovit",
+    "fvlm_oracle", "pictures",
 ]  # fmt: skip
 
 
@@ -54,6 +55,7 @@ def test_smoke_run_produces_every_step_and_the_lvis_evaluation(smoke_run):
         assert load_step(out / step) is not None, f"step {step} left no step.json"
         assert f"{step}: done in" in log
     assert os.path.isfile(out / "clip" / "tiny_clip.pt")
+    assert os.path.isfile(out / "clip_rn" / "tiny_clip.pt")
     assert os.path.isfile(out / "clipself" / "clipself_final.pt")
     with open(out / "results.json") as f:
         report = json.load(f)
@@ -62,6 +64,8 @@ def test_smoke_run_produces_every_step_and_the_lvis_evaluation(smoke_run):
         # The stock LVISEvaluator ran on the val split: its files and APr/APc/APf are there.
         assert os.path.isfile(out / key / "inference" / VAL / "lvis_instances_results.json")
         assert {"AP", "APr", "APc", "APf"} <= set(rec["fused"])
+        # box and mask AP: the class-agnostic mask head runs in every method
+        assert {"AP", "APr", "APc", "APf"} <= set(rec["mask"])
         assert ("detector_only" in rec) == METHODS[key].fused
         # label precision of the drawn detections, over every val image
         for lp in [rec["label_precision"]] + (
@@ -88,6 +92,17 @@ def test_smoke_run_produces_every_step_and_the_lvis_evaluation(smoke_run):
     assert clip["caption_data"]["seed"] == 1 and clip["caption_data"]["num_pretrain"] == 64
     assert clip["caption_counts"]["pretrain_images"] == 64
     assert clip["seed"] == 0 and clip["variant"] == "multipos"
+    # the ResNet (F-VLM, its oracle, ViLD) from its own config, on the same captions
+    rn = report["clip_rn"]
+    assert rn["model_name"] == "ovdet-tiny-rn64" and rn["variant"] == ""
+    assert "configs/pretraining/tiny_synthetic_rn.yaml" in rn["command"]
+    assert rn["caption_command"] == clip["caption_command"]
+    assert rn["zero_shot"]["n_all"] == zero_shot["n_all"]
+    with open(out / "fvlm" / "config.yaml") as f:
+        fvlm_cfg = f.read()
+    assert "ovdet-tiny-rn64" in fvlm_cfg and str(out / "clip_rn" / "tiny_clip.pt") in fvlm_cfg
+    with open(out / "fvit" / "config.yaml") as f:
+        assert "ovdet-tiny-vit-avg" in f.read()
     curve = clip["zero_shot_curve"]
     assert len(curve) >= 1 and curve[-1]["dataset"] == "ovdet_synthetic_captions_val"
     assert 0.0 <= curve[-1]["all"] <= 100.0
@@ -101,6 +116,9 @@ def test_smoke_run_produces_every_step_and_the_lvis_evaluation(smoke_run):
     md = (out / "results.md").read_text()
     assert "| F-VLM |" in md and "zero-shot crop accuracy" in md and "Step times" in md
     assert "| F-VLM oracle (all classes' boxes) |" in md
+    assert "| mask AP | mask APr |" in md
+    with open(out / "fvlm" / "config.yaml") as f:
+        assert "CLS_AGNOSTIC_MASK: true" in f.read()
     assert "Labels correct among drawn detections" in md and "a rare kind found and named" in md
 
 
@@ -114,7 +132,8 @@ def test_second_run_reuses_every_step(smoke_run):
     # A changed setting (the seed) reruns the steps that depend on it.
     changed = run_tool(out, "--from-scratch", "--seed", "1", "--methods", "fvlm")
     assert changed.returncode == 0, (changed.stdout + changed.stderr)[-3000:]
-    assert "clip: running" in changed.stdout and "fvlm: running" in changed.stdout
+    assert "clip_rn: running" in changed.stdout and "fvlm: running" in changed.stdout
+    assert "clip: running" not in changed.stdout  # F-VLM alone needs only the ResNet
 
 
 def test_ship_tiny_clip_records_the_tool_run(smoke_run, tmp_path):
@@ -138,6 +157,10 @@ def test_ship_tiny_clip_records_the_tool_run(smoke_run, tmp_path):
         assert record["zero_shot_curve"] == step["zero_shot_curve"]
         assert record["zero_shot_benchmark_val"] == step["zero_shot"]
         assert record["machine"] and record["date"]
+    # the ResNet's run: its own model name and pretraining config
+    record = ship(["--run", str(out / "clip_rn"), "--dest", str(dest)])
+    assert record["model_name"] == "ovdet-tiny-rn64"
+    assert "configs/pretraining/tiny_synthetic_rn.yaml" in record["commands"][1]
     # a bare OUTPUT_DIR (not inside a benchmark step) needs the commands given
     bare = tmp_path / "bare"
     shutil.copytree(out / "clip" / "pretrain", bare)
@@ -165,17 +188,21 @@ def test_pretrain_variants_are_config_overrides_of_the_tool():
             assert (r.LOGIT_BIAS_INIT, r.LOGIT_SCALE_INIT) == (-10.0, 10.0)
 
 
-def test_shipped_tiny_clip_matches_its_record():
-    record_path = os.path.splitext(SHIPPED_CLIP)[0] + ".json"
+@pytest.mark.parametrize(
+    "path, model_name",
+    [(SHIPPED_CLIP, "ovdet-tiny-vit-avg"), (SHIPPED_CLIP_RN, "ovdet-tiny-rn64")],
+)
+def test_shipped_tiny_clip_matches_its_record(path, model_name):
+    record_path = os.path.splitext(path)[0] + ".json"
     with open(record_path) as f:
         record = json.load(f)
-    data = open(SHIPPED_CLIP, "rb").read()
-    assert len(data) < 20 * 2**20
+    data = open(path, "rb").read()
+    assert len(data) < 30 * 10**6  # issue 10: at most 30 MB each
     assert hashlib.sha256(data).hexdigest() == record["sha256"]
-    assert record["command"] and "seed" in record
+    assert record["command"] and "seed" in record and record["model_name"] == model_name
     from ovdet_plugin.clip import build_clip_model
 
-    model = build_clip_model(record["model_name"], SHIPPED_CLIP)  # strict state-dict load
+    model = build_clip_model(record["model_name"], path)  # strict state-dict load
     assert model.visual.image_size in (64, (64, 64))
 
 
@@ -215,15 +242,15 @@ def test_training_steps_wait_for_their_inputs_and_keep_both_cores_busy(tmp_path)
         return record
 
     bench._clipself_step = lambda clip: fake("clipself", {"path": "cs.pt"})
-    bench._vild_step = lambda clip, fvlm: fake("vild_embeddings", {"dir": fvlm["weights"] + "/e"})
+    bench._vild_step = lambda clips, fvlm: fake("vild_embeddings", {"dir": fvlm["weights"] + "/e"})
     seen_inputs = {}
 
-    def detector(method, clip, clipself, vild_dir):
+    def detector(method, clips, clipself, vild_dir):
         seen_inputs[method.key] = (clipself, vild_dir)
         return fake(method.key, {"weights": method.key})
 
     bench._detector_step = detector
-    done = bench._train_steps({"path": "clip.pt"})
+    done = bench._train_steps({"vit": {"path": "clip.pt"}, "rn": {"path": "rn.pt"}})
     assert set(done) == set(METHODS) | {"clipself", "vild_embeddings"}
     assert peak[0] == 2
     assert events[:2] == [("start", "fvlm"), ("start", "clipself")]
@@ -250,7 +277,7 @@ def test_a_failed_training_step_stops_the_run(tmp_path):
 
     bench._detector_step = detector
     with pytest.raises(RuntimeError, match="train_net.py failed"):
-        bench._train_steps({"path": "clip.pt"})
+        bench._train_steps({"vit": {"path": "clip.pt"}, "rn": {"path": "rn.pt"}})
 
 
 def _fake_results(path, methods, ap):
@@ -258,7 +285,7 @@ def _fake_results(path, methods, ap):
     recs = {}
     for k in methods:
         box = {"AP": ap, "AP50": ap, "APr": ap / 2, "APc": ap, "APf": ap}
-        recs[k] = {"title": k, "fused": box}
+        recs[k] = {"title": k, "fused": box, "mask": dict(box, AP=ap / 2)}
         if {**METHODS, **ABLATIONS}[k].fused:
             recs[k]["detector_only"] = dict(box, APr=ap / 4)
     report = {"methods": recs, "clip": {"zero_shot": {"r": 50.0, "all": 40.0}}}
@@ -279,9 +306,12 @@ def test_ablation_table_mean_and_spread(tmp_path):
     assert fvlm["APr_detector_only"]["mean"] == pytest.approx(5.0)
     assert fvlm["APf_detector_only"]["mean"] == pytest.approx(20.0)
     assert "APr_detector_only" not in table["headline"]["vild"]
+    assert fvlm["mask_AP"]["mean"] == pytest.approx(10.0)  # mask AP = box AP / 2 here
+    assert fvlm["mask_APr"]["mean"] == pytest.approx(10.0)
     assert table["pretraining"]["cpe_focal"]["rovit"]["fused"]["APr"] == 3.0
     md = format_ablations_markdown(table)
     assert "20.0 ± 8.2" in md and "| CPE + focal | 50.0 | 40.0 | 6.0 | 3.0 |" in md
+    assert "| 10.0 ± 4.1 | 10.0 ± 4.1 |" in md  # the mask columns
     assert "vild_text" not in table["headline"]  # no run of it: no row, no claim
     assert table["claims"][-1]["claim"].startswith("best APr (F-VLM)")  # ties: the first
     shutil.rmtree(tmp_path / "ablations")
@@ -328,7 +358,10 @@ def test_missing_shipped_checkpoint_and_unknown_variant_are_refused(tmp_path, mo
 
     with pytest.raises(ValueError, match="Unknown pretraining variant"):
         SyntheticBenchmark(tmp_path, pretrain_variant="siglip")
-    monkeypatch.setattr(bench_module, "SHIPPED_CLIP", str(tmp_path / "gone.pt"))
+    from dataclasses import replace
+
+    gone = replace(bench_module.TINY_CLIPS["vit"], shipped=str(tmp_path / "gone.pt"))
+    monkeypatch.setitem(bench_module.TINY_CLIPS, "vit", gone)
     bench = SyntheticBenchmark(tmp_path / "out", SIZES["smoke"], log=lambda s: None)
     with pytest.raises(FileNotFoundError, match="--from-scratch"):
         bench.run()

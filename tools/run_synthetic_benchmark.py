@@ -37,7 +37,8 @@ def parse_args(argv=None):
     p.add_argument("--size", default="default", choices=sorted(SIZES))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--from-scratch", action="store_true", help="pretrain the tiny CLIP here")
-    p.add_argument("--clip-checkpoint", default="", help="use this tiny CLIP instead")
+    p.add_argument("--clip-checkpoint", default="", help="use this tiny CLIP ViT instead")
+    p.add_argument("--clip-rn-checkpoint", default="", help="use this tiny CLIP ResNet instead")
     p.add_argument(
         "--pretrain-variant", default=DEFAULT_PRETRAIN_VARIANT, choices=sorted(PRETRAIN_VARIANTS)
     )
@@ -70,6 +71,7 @@ def main(argv=None):
         seed=args.seed,
         from_scratch=args.from_scratch,
         clip_checkpoint=args.clip_checkpoint,
+        clip_rn_checkpoint=args.clip_rn_checkpoint,
         methods=methods,
         pretrain_variant=args.pretrain_variant,
         threads=args.threads,
@@ -79,7 +81,13 @@ def main(argv=None):
     if args.ablations:
         from benchmarks.synthetic.ablations import run_ablations
 
-        run_ablations(args.output, size, report["clip"]["path"], size_name=args.size)
+        run_ablations(
+            args.output,
+            size,
+            report["clip"]["path"],
+            clip_rn_path=report["clip_rn"]["path"],
+            size_name=args.size,
+        )
 
 
 if __name__ == "__main__":

@@ -56,19 +56,28 @@ SEED_ABLATIONS = ("vild_text", "fvit_no_clipself")
 
 
 def ablation_jobs(
-    clip_path: str, seeds: Sequence[int], pretrain_steps: int, size_name: str
+    clip_path: str,
+    seeds: Sequence[int],
+    pretrain_steps: int,
+    size_name: str,
+    clip_rn_path: str = "",
 ) -> Dict[str, List[str]]:
-    """name -> arguments of ``tools/run_synthetic_benchmark.py`` (without --output)."""
+    """name -> arguments of ``tools/run_synthetic_benchmark.py`` (without --output). The seed and
+    method jobs use the main run's tiny CLIPs (``clip_path``: the ViT, ``clip_rn_path``: the
+    ResNet; "" = the shipped one)."""
     common = ["--size", size_name, "--threads", "1"]
+    clips = ["--clip-checkpoint", clip_path]
+    if clip_rn_path:
+        clips += ["--clip-rn-checkpoint", clip_rn_path]
     jobs = {}
     for seed in seeds:
         if seed != 0:  # seed 0 is the main run
             jobs[f"seed{seed}"] = common + [
-                "--seed", str(seed), "--clip-checkpoint", clip_path,
+                "--seed", str(seed), *clips,
                 "--methods", ",".join([*METHODS, *SEED_ABLATIONS]),
             ]  # fmt: skip
     jobs["methods"] = common + [
-        "--clip-checkpoint", clip_path,
+        *clips,
         "--methods", "vild_text,vild_image,vild_text_image,fvit_no_clipself,rovit_frozen",
     ]  # fmt: skip
     for variant in PRETRAIN_VARIANTS:
@@ -84,6 +93,7 @@ def run_ablations(
     size: BenchmarkSize,
     clip_path: str,
     *,
+    clip_rn_path: str = "",
     size_name: str = "default",
     seeds: Sequence[int] = (0, 1, 2),
     pretrain_steps: int = 3000,
@@ -94,7 +104,7 @@ def run_ablations(
     pretrain_steps = min(pretrain_steps, size.pretrain_steps)  # never longer than the main run
     root = os.path.join(os.path.abspath(out_dir), "ablations")
     os.makedirs(root, exist_ok=True)
-    todo = ablation_jobs(clip_path, seeds, pretrain_steps, size_name)
+    todo = ablation_jobs(clip_path, seeds, pretrain_steps, size_name, clip_rn_path)
     tool = os.path.join(REPO_ROOT, "tools", "run_synthetic_benchmark.py")
     running: Dict[str, tuple] = {}  # name -> (process, its open log file)
     pending = list(todo)
@@ -168,6 +178,10 @@ def collect_ablations(out_dir: str, seeds: Sequence[int]) -> Dict:
         row = {"title": method.title, "seeds": sorted(per_seed)}
         for metric in ("AP", "APr", "APc", "APf"):
             row[metric] = _mean_std([rec["fused"][metric] for rec in per_seed.values()])
+        masks = [rec["mask"] for rec in per_seed.values() if rec.get("mask")]
+        if len(masks) == len(per_seed):  # every seed ran with the mask head
+            for metric in ("AP", "APr"):
+                row[f"mask_{metric}"] = _mean_std([m[metric] for m in masks])
         if method.fused:
             for metric in ("APr", "APf"):
                 row[f"{metric}_detector_only"] = _mean_std(
@@ -241,18 +255,20 @@ def format_ablations_markdown(table: Dict) -> str:
     if h:
         n = max(len(r["seeds"]) for r in h.values())
         lines += [
-            f"Headline rows: mean ± standard deviation over {n} seeds (box AP %, LVISEvaluator).",
+            f"Headline rows: mean ± standard deviation over {n} seeds (box AP %, LVISEvaluator; "
+            "mask AP of the same detections where the mask head ran).",
             "",
-            "| method | AP | APr | APc | APf | detector only: APr / APf |",
-            "|---|---|---|---|---|---|",
+            "| method | AP | APr | APc | APf | detector only: APr / APf | mask AP | mask APr |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for r in h.values():
             only = "-"
             if "APr_detector_only" in r:
                 only = f"{_fmt(r['APr_detector_only'])} / {_fmt(r['APf_detector_only'])}"
+            masks = f"{_fmt(r['mask_AP'])} | {_fmt(r['mask_APr'])}" if "mask_AP" in r else "- | -"
             lines.append(
                 f"| {r['title']} | {_fmt(r['AP'])} | {_fmt(r['APr'])} | {_fmt(r['APc'])} | "
-                f"{_fmt(r['APf'])} | {only} |"
+                f"{_fmt(r['APf'])} | {only} | {masks} |"
             )
         lines.append("")
     claims = table.get("claims") or []

@@ -58,6 +58,8 @@ __all__ = [
     "METHODS",
     "SIZES",
     "SHIPPED_CLIP",
+    "SHIPPED_CLIP_RN",
+    "TINY_CLIPS",
     "SyntheticBenchmark",
     "file_sha256",
     "load_step",
@@ -66,17 +68,41 @@ __all__ = [
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG_DIR = os.path.join(REPO_ROOT, "configs", "synthetic")
-# The tiny CLIP's pretraining recipe (tools/pretrain_rovit.py), used by ``from_scratch``.
+# The tiny CLIPs' pretraining recipes (tools/pretrain_rovit.py), used by ``from_scratch``: the
+# ViT (F-ViT, RO-ViT) and the ResNet (F-VLM, ViLD).
 PRETRAIN_CONFIG = os.path.join(REPO_ROOT, "configs", "pretraining", "tiny_synthetic.yaml")
+PRETRAIN_CONFIG_RN = os.path.join(REPO_ROOT, "configs", "pretraining", "tiny_synthetic_rn.yaml")
 # The caption folder's val split, registered for the pretraining tool's zero-shot eval hook (the
 # config's DATASETS.TEST).
 CAPTIONS_VAL = "ovdet_synthetic_captions_val"
 # The caption folder's generator seed is the benchmark data's seed plus this.
 CAPTIONS_SEED_OFFSET = 1
 TOOLS_DIR = os.path.join(REPO_ROOT, "tools")
-# The tiny CLIP this project pretrained on the generated data (see its .json record).
+# The tiny CLIPs this project pretrained on the generated data (see their .json records).
 SHIPPED_CLIP = os.path.join(REPO_ROOT, "benchmarks", "checkpoints", "tiny_clip_synthetic.pt")
+SHIPPED_CLIP_RN = os.path.join(REPO_ROOT, "benchmarks", "checkpoints", "tiny_clip_rn_synthetic.pt")
 CLIP_MODEL_NAME = "ovdet-tiny-vit-avg"
+CLIP_RN_MODEL_NAME = "ovdet-tiny-rn64"
+
+
+@dataclass(frozen=True)
+class TinyClip:
+    """One of the benchmark's tiny CLIPs: its step folder, open_clip model name, pretraining
+    config (``from_scratch``) and shipped checkpoint."""
+
+    step: str
+    model_name: str
+    pretrain_config: str
+    shipped: str
+
+
+# Each method uses the tower its paper uses: a CLIP ViT for F-ViT and RO-ViT (CLIPSelf and the
+# cropped positional embedding are ViT methods), a CLIP ResNet for F-VLM (its frozen backbone and
+# attention-pool region score) and ViLD (teacher and backbone).
+TINY_CLIPS = {
+    "vit": TinyClip("clip", CLIP_MODEL_NAME, PRETRAIN_CONFIG, SHIPPED_CLIP),
+    "rn": TinyClip("clip_rn", CLIP_RN_MODEL_NAME, PRETRAIN_CONFIG_RN, SHIPPED_CLIP_RN),
+}
 # The pictures' drawing selection (tools/demo.py --confidence-threshold, --top-k), also the
 # selection of the label-precision figure. 0.8 is the lowest of 0.05, 0.5, 0.7, 0.8 at which the
 # pictured method (ViLD) named >= 80% of its drawn detections right on another generated split
@@ -120,6 +146,7 @@ class BenchmarkSize:
     # run of tools/pretrain_rovit.py (SOLVER.MAX_ITER, IMS_PER_BATCH, BASE_LR).
     pretrain_pool: int = 100000
     pretrain_steps: int = 8000
+    pretrain_steps_rn: int = 4000  # the ResNet (configs/pretraining/tiny_synthetic_rn.yaml)
     pretrain_batch: int = 128
     pretrain_lr: float = 2e-3
     clipself_iters: int = 1000
@@ -156,6 +183,7 @@ SIZES = {
         num_val=4,
         pretrain_pool=64,
         pretrain_steps=6,
+        pretrain_steps_rn=6,
         pretrain_batch=16,
         clipself_iters=2,
         clipself_batch=2,
@@ -177,6 +205,7 @@ class Method:
     config: str
     fused: bool
     backbone: str = "clip"  # "clip": the pretrained tiny CLIP; "clipself": step 3's export
+    clip: str = "vit"  # which tiny CLIP (a key of TINY_CLIPS)
     vild: bool = False
     opts: List[str] = field(default_factory=list)
     # trained with the rare classes' boxes: a reference row, never the pictures' method
@@ -187,8 +216,8 @@ class Method:
 NO_ENSEMBLE = ["MODEL.OVD.VLM_SCORER.NAME", "", "MODEL.OVD.FUSION.RULE", ""]
 
 METHODS = {
-    "fvlm": Method("fvlm", "F-VLM", "fvlm.yaml", fused=True),
-    "vild": Method("vild", "ViLD (ensemble)", "vild.yaml", fused=False, vild=True),
+    "fvlm": Method("fvlm", "F-VLM", "fvlm.yaml", fused=True, clip="rn"),
+    "vild": Method("vild", "ViLD (ensemble)", "vild.yaml", fused=False, vild=True, clip="rn"),
     "fvit": Method(
         "fvit", "F-ViT + CLIPSelf", "fvit_clipself.yaml", fused=True, backbone="clipself"
     ),
@@ -200,6 +229,7 @@ METHODS = {
         "F-VLM oracle (all classes' boxes)",
         "fvlm.yaml",
         fused=False,
+        clip="rn",
         oracle=True,
         opts=[
             "DATASETS.TRAIN", '("ovdet_synthetic_train_all",)',
@@ -216,6 +246,7 @@ ABLATIONS = {
         "ViLD-text",
         "vild.yaml",
         fused=False,
+        clip="rn",
         opts=NO_ENSEMBLE,
     ),
     "vild_image": Method(
@@ -223,6 +254,7 @@ ABLATIONS = {
         "ViLD-image",
         "vild.yaml",
         fused=False,
+        clip="rn",
         vild=True,
         opts=NO_ENSEMBLE + ["MODEL.OVD.VILD.TEXT_WEIGHT", "0.0"],
     ),
@@ -231,6 +263,7 @@ ABLATIONS = {
         "ViLD (text + image, one branch)",
         "vild.yaml",
         fused=False,
+        clip="rn",
         vild=True,
         opts=NO_ENSEMBLE,
     ),
@@ -282,12 +315,19 @@ def load_step(folder: str) -> Optional[Dict]:
         return None  # a corrupt stamp: the step runs again
 
 
-def _bbox(results: Dict) -> Dict[str, float]:
-    """AP, APr, APc, APf (percent) from Detectron2's results dict (one test dataset)."""
+def _ap(results: Dict, task: str = "bbox") -> Optional[Dict[str, float]]:
+    """AP, AP50, APr, APc, APf (percent) of ``task`` ("bbox" or "segm") from Detectron2's results
+    dict (one test dataset); None when the evaluator did not report the task (mask head off)."""
     if "bbox" not in results and len(results) == 1:
         results = next(iter(results.values()))
-    box = results["bbox"]
-    return {k: float(box[k]) for k in ("AP", "AP50", "APr", "APc", "APf")}
+    if task not in results:
+        return None
+    return {k: float(results[task][k]) for k in ("AP", "AP50", "APr", "APc", "APf")}
+
+
+def _bbox(results: Dict) -> Dict[str, float]:
+    """Box AP, APr, APc, APf (percent) from Detectron2's results dict (one test dataset)."""
+    return _ap(results, "bbox")
 
 
 class SyntheticBenchmark:
@@ -301,8 +341,9 @@ class SyntheticBenchmark:
         pretrain_variant: a key of :data:`PRETRAIN_VARIANTS` (config overrides of
             tools/pretrain_rovit.py, with ``from_scratch``).
         data_seed: the generator's seed (default: ``seed``).
-        clip_checkpoint: use this tiny CLIP checkpoint instead (an open_clip state dict of
-            ``ovdet-tiny-vit-avg``); overrides ``from_scratch``.
+        clip_checkpoint: use this tiny CLIP ViT checkpoint instead (an open_clip state dict of
+            ``ovdet-tiny-vit-avg``); overrides ``from_scratch`` for the ViT.
+        clip_rn_checkpoint: the same for the tiny CLIP ResNet (``ovdet-tiny-rn64``).
         methods: keys of :data:`METHODS` (and :data:`ABLATIONS`) to train.
         threads: torch threads of every process (0: one).
         jobs: detectors trained at once (2 suits a 2-core CPU: each run is mostly Python).
@@ -317,6 +358,7 @@ class SyntheticBenchmark:
         seed: int = 0,
         from_scratch: bool = False,
         clip_checkpoint: str = "",
+        clip_rn_checkpoint: str = "",
         methods: Sequence[str] = tuple(METHODS),
         data_seed: Optional[int] = None,
         pretrain_variant: str = DEFAULT_PRETRAIN_VARIANT,
@@ -339,7 +381,7 @@ class SyntheticBenchmark:
                 f"known: {list(PRETRAIN_VARIANTS)}"
             )
         self.pretrain_variant = pretrain_variant
-        self.clip_checkpoint = clip_checkpoint
+        self.clip_checkpoints = {"vit": clip_checkpoint, "rn": clip_rn_checkpoint}
         self.methods = [table[m] for m in methods]
         if any(m.vild for m in self.methods) and "fvlm" not in methods:
             self.methods.insert(0, METHODS["fvlm"])  # its RPN gives ViLD's distillation proposals
@@ -355,7 +397,8 @@ class SyntheticBenchmark:
         self._step_index = 0
         self._step_lock = threading.Lock()
         self._num_steps = (
-            3  # data, clip, pictures
+            2  # data, pictures
+            + len(self._clip_names)
             + int(self._needs_clipself)
             + int(any(m.vild for m in self.methods))  # vild_embeddings
             + len(self.methods)
@@ -364,6 +407,12 @@ class SyntheticBenchmark:
     @property
     def _needs_clipself(self) -> bool:
         return any(m.backbone == "clipself" for m in self.methods)
+
+    @property
+    def _clip_names(self) -> List[str]:
+        """The tiny CLIPs the methods use (keys of TINY_CLIPS, in its order)."""
+        used = {m.clip for m in self.methods} | ({"vit"} if self._needs_clipself else set())
+        return [name for name in TINY_CLIPS if name in used]
 
     # ------------------------------------------------------------------ step machinery
     def _step(self, name: str, key: Dict, run: Callable[[str], Dict]) -> Dict:
@@ -420,12 +469,12 @@ class SyntheticBenchmark:
         """Run every step; returns the results (also written to results.json / results.md)."""
         os.makedirs(self.out_dir, exist_ok=True)
         start = time.perf_counter()
-        data = self._step("data", {"data": self.size.data_overrides(self.data_seed)}, self._data)
-        clip = self._clip_step(data)
-        trained = self._train_steps(clip)
+        self._step("data", {"data": self.size.data_overrides(self.data_seed)}, self._data)
+        clips = {name: self._clip_step(name) for name in self._clip_names}
+        trained = self._train_steps(clips)
         clipself = trained.get("clipself")
         results = {m.key: trained[m.key] for m in self.methods}
-        pictures = self._pictures_step(clip, clipself, results)
+        pictures = self._pictures_step(clips, clipself, results)
         self._add_label_precision(results, pictures)
         total = time.perf_counter() - start
         report = {
@@ -435,7 +484,8 @@ class SyntheticBenchmark:
             "size": asdict(self.size),
             "seed": self.seed,
             "data_seed": self.data_seed,
-            "clip": clip,
+            # one record per tiny CLIP: "clip" (the ViT), "clip_rn" (the ResNet)
+            **{TINY_CLIPS[name].step: rec for name, rec in clips.items()},
             "methods": results,
             "pictures": pictures,
             "step_seconds": self.timings,
@@ -464,31 +514,36 @@ class SyntheticBenchmark:
             groups[c["frequency"]] = groups.get(c["frequency"], 0) + 1
         return {"dir": self.data_dir, "categories_per_group": groups}
 
-    def _clip_step(self, data: Dict) -> Dict:
-        if self.clip_checkpoint:
-            source = {"checkpoint": os.path.abspath(self.clip_checkpoint)}
+    def _clip_step(self, name: str) -> Dict:
+        """The tiny CLIP ``name`` (a key of TINY_CLIPS): a given or the shipped checkpoint, or
+        pretrained here (``from_scratch``)."""
+        tiny = TINY_CLIPS[name]
+        if self.clip_checkpoints[name]:
+            source = {"checkpoint": os.path.abspath(self.clip_checkpoints[name])}
         elif self.from_scratch:
             source = {
                 "pretrain": {
-                    "variant": self.pretrain_variant,
-                    "config": _config_digest(PRETRAIN_CONFIG),
-                    "opts": self._pretrain_opts(),
+                    "variant": self.pretrain_variant if name == "vit" else "",
+                    "config": _config_digest(tiny.pretrain_config),
+                    "opts": self._pretrain_opts(name),
                     "captions": self.size.caption_overrides(self.data_seed),
                 }
             }
         else:
-            if not os.path.isfile(SHIPPED_CLIP):
+            if not os.path.isfile(tiny.shipped):
                 raise FileNotFoundError(
-                    f"The shipped tiny CLIP {SHIPPED_CLIP} is missing (a partial checkout?). "
+                    f"The shipped tiny CLIP {tiny.shipped} is missing (a partial checkout?). "
                     "Restore it with git, or pretrain one here with --from-scratch."
                 )
-            source = {"checkpoint": SHIPPED_CLIP}
+            source = {"checkpoint": tiny.shipped}
         if "checkpoint" in source:
             source["sha256"] = file_sha256(source["checkpoint"])
         key = {"data": self.size.data_overrides(self.data_seed), "source": source}
-        return self._step("clip", key, lambda folder: self._clip(folder, source))
+        if name != "vit":  # (the ViT's key as before this field, so its step is reused)
+            key["model_name"] = tiny.model_name
+        return self._step(tiny.step, key, lambda folder: self._clip(folder, source, tiny))
 
-    def _clip(self, folder: str, source: Dict) -> Dict:
+    def _clip(self, folder: str, source: Dict, tiny: TinyClip) -> Dict:
         from ovdet_plugin.clip import build_clip_model, clip_image_size, get_clip_tokenizer
         from ovdet_plugin.evaluation.zero_shot_crops import load_crops, zero_shot_accuracy
 
@@ -504,32 +559,35 @@ class SyntheticBenchmark:
             shutil.copyfile(source["checkpoint"], path)
             record: Dict = {"source": source["checkpoint"]}
         else:
-            record = self._pretrain(folder, source["pretrain"], path)
-        model = build_clip_model(CLIP_MODEL_NAME, path)
+            record = self._pretrain(folder, source["pretrain"], path, tiny)
+        model = build_clip_model(tiny.model_name, path)
         crops = load_crops(self.data_dir, clip_image_size(model)[0])
-        acc = zero_shot_accuracy(model, get_clip_tokenizer(CLIP_MODEL_NAME), crops)
-        record.update(path=path, zero_shot=acc)
+        acc = zero_shot_accuracy(model, get_clip_tokenizer(tiny.model_name), crops)
+        record.update(path=path, zero_shot=acc, model_name=tiny.model_name)
         self.log(
-            f"    zero-shot crop accuracy: rare {acc['r']:.1f}%, common {acc['c']:.1f}%, "
-            f"frequent {acc['f']:.1f}%, all {acc['all']:.1f}% ({acc['n_all']} val crops)"
+            f"    {tiny.model_name} zero-shot crop accuracy: rare {acc['r']:.1f}%, "
+            f"common {acc['c']:.1f}%, frequent {acc['f']:.1f}%, all {acc['all']:.1f}% "
+            f"({acc['n_all']} val crops)"
         )
         return record
 
-    def _pretrain_opts(self) -> List[str]:
-        """The config overrides of tools/pretrain_rovit.py (``from_scratch``): output folder,
-        seed, schedule, the caption folder (absolute paths) and the variant's overrides."""
+    def _pretrain_opts(self, name: str) -> List[str]:
+        """The config overrides of tools/pretrain_rovit.py (``from_scratch``) for the tiny CLIP
+        ``name``: output folder, seed, schedule, the caption folder (absolute paths) and, for
+        the ViT, the variant's overrides."""
         s, cap = self.size, self.captions_dir
         spec = f"name={CAPTIONS_VAL},format=lvis,json={cap}/val.json,images={cap}"
+        steps = s.pretrain_steps if name == "vit" else s.pretrain_steps_rn
         return [
-            "OUTPUT_DIR", os.path.join(self.out_dir, "clip", "pretrain"),
+            "OUTPUT_DIR", os.path.join(self.out_dir, TINY_CLIPS[name].step, "pretrain"),
             "SEED", str(self.seed),
-            "SOLVER.MAX_ITER", str(s.pretrain_steps),
+            "SOLVER.MAX_ITER", str(steps),
             "SOLVER.IMS_PER_BATCH", str(s.pretrain_batch),
             "SOLVER.BASE_LR", str(s.pretrain_lr),
             "MODEL.OVD.ROVIT.CAPTION_FILES", os.path.join(cap, "captions.jsonl"),
             "MODEL.OVD.ROVIT.IMAGE_ROOT", cap,
             "MODEL.OVD.CUSTOM_DATASETS", json.dumps([spec]),
-            *PRETRAIN_VARIANTS[self.pretrain_variant],
+            *(PRETRAIN_VARIANTS[self.pretrain_variant] if name == "vit" else []),
         ]  # fmt: skip
 
     def _captions(self, folder: str, overrides: Dict) -> Dict:
@@ -562,9 +620,9 @@ class SyntheticBenchmark:
             raise RuntimeError(f"{cap} holds another caption config than the benchmark's")
         return {"command": cmd, "meta": meta}
 
-    def _pretrain(self, folder: str, p: Dict, path: str) -> Dict:
-        """``from_scratch``: the caption folder, then tools/pretrain_rovit.py with PRETRAIN_CONFIG
-        and ``p["opts"]``; its rovit_clip_final.pt is copied to ``path``."""
+    def _pretrain(self, folder: str, p: Dict, path: str, tiny: TinyClip) -> Dict:
+        """``from_scratch``: the caption folder, then tools/pretrain_rovit.py with the tiny CLIP's
+        pretraining config and ``p["opts"]``; its rovit_clip_final.pt is copied to ``path``."""
         captions = self._captions(folder, p["captions"])
         self.log(
             f"    caption folder {self.captions_dir}: "
@@ -573,10 +631,13 @@ class SyntheticBenchmark:
         opts = p["opts"]
         out = opts[opts.index("OUTPUT_DIR") + 1]
         self.log(
-            f"    pretraining the tiny CLIP: tools/pretrain_rovit.py (log {folder}/pretrain.log)"
+            f"    pretraining {tiny.model_name}: tools/pretrain_rovit.py "
+            f"(log {folder}/pretrain.log)"
         )
         cmd = self._run_tool(
-            folder, "pretrain.log", ["pretrain_rovit.py", "--config-file", PRETRAIN_CONFIG, *opts]
+            folder,
+            "pretrain.log",
+            ["pretrain_rovit.py", "--config-file", tiny.pretrain_config, *opts],
         )
         final = os.path.join(out, "rovit_clip_final.pt")
         if not os.path.isfile(final):
@@ -595,7 +656,7 @@ class SyntheticBenchmark:
             "variant": p["variant"],
             "command": shlex.join(cmd),
             "caption_command": shlex.join(captions["command"]),
-            "config": os.path.relpath(PRETRAIN_CONFIG, REPO_ROOT),
+            "config": os.path.relpath(tiny.pretrain_config, REPO_ROOT),
             "opts": opts,
             "seed": self.seed,
             "caption_data": captions["meta"]["config"],
@@ -633,7 +694,7 @@ class SyntheticBenchmark:
 
         return self._step("clipself", key, run)
 
-    def _train_steps(self, clip: Dict) -> Dict[str, Dict]:
+    def _train_steps(self, clips: Dict[str, Dict]) -> Dict[str, Dict]:
         """CLIPSelf, every method's detector and ViLD's distillation targets, ``jobs`` steps at a
         time (one torch thread each). A step starts once what it needs is done: the methods on
         CLIPSelf's export wait for CLIPSelf, ViLD's targets for the F-VLM detector (its RPN gives
@@ -647,18 +708,18 @@ class SyntheticBenchmark:
 
         steps: Dict[str, tuple] = {}  # name -> (start rank, steps it needs, run(done) -> record)
         if self._needs_clipself:
-            steps["clipself"] = (0, [], lambda done: self._clipself_step(clip))
+            steps["clipself"] = (0, [], lambda done: self._clipself_step(clips["vit"]))
         for m in self.methods:
             if not m.vild:
                 needs = ["clipself"] if m.backbone == "clipself" else []
                 rank = 0 if m.key == "fvlm" else 3 if m.oracle else 1
-                steps[m.key] = (rank, needs, self._detector_runner(m, clip))
+                steps[m.key] = (rank, needs, self._detector_runner(m, clips))
         if any(m.vild for m in self.methods):
-            embed = lambda done: self._vild_step(clip, done["fvlm"])  # noqa: E731
+            embed = lambda done: self._vild_step(clips, done["fvlm"])  # noqa: E731
             steps["vild_embeddings"] = (2, ["fvlm"], embed)
             for m in self.methods:
                 if m.vild:
-                    steps[m.key] = (2, ["vild_embeddings"], self._detector_runner(m, clip))
+                    steps[m.key] = (2, ["vild_embeddings"], self._detector_runner(m, clips))
         # rank, then F-VLM before CLIPSelf, then the methods' listed order (sorted is stable)
         order = sorted(steps, key=lambda name: (steps[name][0], name != "fvlm"))
         done: Dict[str, Dict] = {}
@@ -677,27 +738,36 @@ class SyntheticBenchmark:
                     done[running.pop(future)] = future.result()  # a failed step raises here
         return done
 
-    def _detector_runner(self, method: Method, clip: Dict) -> Callable[[Dict], Dict]:
+    def _detector_runner(self, method: Method, clips: Dict[str, Dict]) -> Callable[[Dict], Dict]:
         """The method's detector step as a function of the records of the steps it needs."""
 
         def run(done: Dict[str, Dict]) -> Dict:
             vild_dir = done["vild_embeddings"]["dir"] if method.vild else ""
-            return self._detector_step(method, clip, done.get("clipself"), vild_dir)
+            return self._detector_step(method, clips, done.get("clipself"), vild_dir)
 
         return run
 
-    def _vild_step(self, clip: Dict, fvlm: Dict) -> Dict:
+    def _vild_step(self, clips: Dict[str, Dict], fvlm: Dict) -> Dict:
         """ViLD's distillation targets: proposals of the F-VLM detector's RPN (trained on base
-        classes), embedded by the tiny CLIP. Returns the record (``dir``: the embeddings folder)."""
+        classes), embedded by ViLD's tiny CLIP (its teacher). Returns the record (``dir``: the
+        embeddings folder)."""
         rpn = fvlm["weights"]
+        rpn_clip = clips[METHODS["fvlm"].clip]["path"]  # the F-VLM detector's frozen tower
+        teacher = METHODS["vild"].clip
         opts = [
             "--config-file", os.path.join(CONFIG_DIR, "fvlm.yaml"),
             "--dataset", "ovdet_synthetic_train",
-            "--clip-model", CLIP_MODEL_NAME,
-            "--clip-pretrained", clip["path"],
+            "--clip-model", TINY_CLIPS[teacher].model_name,
+            "--clip-pretrained", clips[teacher]["path"],
             "--max-proposals", str(self.size.vild_proposals),
         ]  # fmt: skip
-        key = {"rpn": _file_digest(rpn), "clip": _file_digest(clip["path"]), "opts": opts}
+        key = {
+            "rpn": _file_digest(rpn),
+            "clip": _file_digest(clips[teacher]["path"]),
+            "opts": opts,
+        }
+        if rpn_clip != clips[teacher]["path"]:
+            key["rpn_clip"] = _file_digest(rpn_clip)
 
         def run(folder: str) -> Dict:
             out = os.path.join(folder, "embeddings")
@@ -705,16 +775,18 @@ class SyntheticBenchmark:
                 folder,
                 "log.txt",
                 ["precompute_vild_embeddings.py", *opts, "--output", out,
-                 "MODEL.WEIGHTS", rpn, "MODEL.OVD.CLIP.PRETRAINED", clip["path"]],
+                 "MODEL.WEIGHTS", rpn, "MODEL.OVD.CLIP.PRETRAINED", rpn_clip],
             )  # fmt: skip
             return {"dir": out}
 
         return self._step("vild_embeddings", key, run)
 
-    def _detector_opts(self, method: Method, clip: Dict, clipself: Optional[Dict], vild_dir: str):
+    def _detector_opts(
+        self, method: Method, clips: Dict[str, Dict], clipself: Optional[Dict], vild_dir: str
+    ):
         s = self.size
         opts = [
-            "MODEL.OVD.CLIP.PRETRAINED", clip["path"],
+            "MODEL.OVD.CLIP.PRETRAINED", clips[method.clip]["path"],
             "SOLVER.MAX_ITER", str(s.detector_iters),
             "SOLVER.STEPS", f"({int(s.detector_iters * 0.8)},)",
             "SOLVER.WARMUP_ITERS", str(min(50, s.detector_iters)),
@@ -727,9 +799,11 @@ class SyntheticBenchmark:
             opts += ["MODEL.OVD.VILD.EMBEDDINGS_DIR", vild_dir]
         return opts + list(method.opts)
 
-    def _detector_step(self, method: Method, clip: Dict, clipself, vild_dir: str) -> Dict:
-        opts = self._detector_opts(method, clip, clipself, vild_dir)
-        inputs = [clip["path"]] + ([clipself["path"]] if method.backbone == "clipself" else [])
+    def _detector_step(self, method: Method, clips: Dict, clipself, vild_dir: str) -> Dict:
+        opts = self._detector_opts(method, clips, clipself, vild_dir)
+        inputs = [clips[method.clip]["path"]]
+        if method.backbone == "clipself":
+            inputs.append(clipself["path"])
         key = {
             "config": _config_digest(method.config),
             "opts": opts,
@@ -743,7 +817,10 @@ class SyntheticBenchmark:
                 folder, "train.log",
                 ["train_net.py", "--config-file", config, *opts, "OUTPUT_DIR", folder],
             )  # fmt: skip
-            record = {"title": method.title, "fused": _bbox(_read_results(folder))}
+            results = _read_results(folder)
+            record = {"title": method.title, "fused": _bbox(results)}
+            if _ap(results, "segm"):  # the method's own output (fused), as the papers report it
+                record["mask"] = _ap(results, "segm")
             weights = os.path.join(folder, "model_final.pth")
             record["weights"] = weights
             if method.fused:
@@ -760,12 +837,14 @@ class SyntheticBenchmark:
                 f"APf {r['APf']:.1f}"
                 + (f"  (detector only APr {record['detector_only']['APr']:.1f})"
                    if method.fused else "")
+                + (f"  mask AP {record['mask']['AP']:.1f} APr {record['mask']['APr']:.1f}"
+                   if "mask" in record else "")
             )  # fmt: skip
             return record
 
         return self._step(method.key, key, run)
 
-    def _pictures_step(self, clip: Dict, clipself, results: Dict) -> Dict:
+    def _pictures_step(self, clips: Dict[str, Dict], clipself, results: Dict) -> Dict:
         """Visualizer pictures of val images holding a rare category, with a typed vocabulary:
         the names of their objects plus two absent kinds, for the open-vocabulary method (not an
         oracle) with the best APr."""
@@ -774,7 +853,7 @@ class SyntheticBenchmark:
         best = max(candidates, key=lambda k: results[k]["fused"]["APr"])
         method = table[best]
         images, vocabulary = _picture_inputs(self.data_dir, self.size.num_pictures)
-        opts = self._detector_opts(method, clip, clipself, "")
+        opts = self._detector_opts(method, clips, clipself, "")
         key = {"method": best, "weights": _file_digest(results[best]["weights"]), "images": images,
                "vocabulary": vocabulary, "opts": opts, "threshold": PICTURE_THRESHOLD,
                "top_k": PICTURE_TOP_K}  # fmt: skip
@@ -956,8 +1035,8 @@ def _commit() -> str:
 def method_table_header(first_column: str = "method") -> List[str]:
     """The two header lines of a table of :func:`format_method_row` rows."""
     return [
-        f"| {first_column} | AP | APr | APc | APf | APr detector only |",
-        "|---|---|---|---|---|---|",
+        f"| {first_column} | AP | APr | APc | APf | APr detector only | mask AP | mask APr |",
+        "|---|---|---|---|---|---|---|---|",
     ]
 
 
@@ -965,9 +1044,11 @@ def format_method_row(rec: Dict) -> str:
     """One method's row under :func:`method_table_header` from its step record."""
     r = rec["fused"]
     only = f"{rec['detector_only']['APr']:.1f}" if "detector_only" in rec else "-"
+    mask = rec.get("mask")
+    masks = f"{mask['AP']:.1f} | {mask['APr']:.1f}" if mask else "- | -"
     return (
         f"| {rec['title']} | {r['AP']:.1f} | {r['APr']:.1f} | {r['APc']:.1f} | "
-        f"{r['APf']:.1f} | {only} |"
+        f"{r['APf']:.1f} | {only} | {masks} |"
     )
 
 
@@ -986,20 +1067,29 @@ def format_label_precision(lp: Optional[Dict]) -> str:
 
 def format_results_markdown(report: Dict) -> str:
     """results.md: the zero-shot figure, one row per method (fused and detector-only), timings."""
-    z = report["clip"]["zero_shot"]
     lines = [
         "# ovdet generated-data benchmark",
         "",
         f"{report['date']}, {report['machine']}, commit {report['commit'] or 'unknown'}, "
         f"seed {report['seed']}. Box AP (%) from Detectron2's stock LVISEvaluator on "
-        f"ovdet_synthetic_val; detectors trained on the base (frequent + common) classes.",
+        f"ovdet_synthetic_val (mask AP of the same detections, class-agnostic mask head, in the "
+        f"last two columns); detectors trained on the base (frequent + common) classes.",
         "",
-        f"Tiny CLIP ({report['clip']['source']}): zero-shot crop accuracy rare {z['r']:.1f}%, "
-        f"common {z['c']:.1f}%, frequent {z['f']:.1f}%, all {z['all']:.1f}% "
-        f"({z['n_all']} val crops; chance {100 / 32:.1f}%).",
-        "",
-        *method_table_header(),
     ]
+    table = {**METHODS, **ABLATIONS}
+    for name, tiny in TINY_CLIPS.items():
+        if tiny.step not in report:
+            continue
+        users = [rec["title"] for k, rec in report["methods"].items() if table[k].clip == name]
+        z = report[tiny.step]["zero_shot"]
+        lines += [
+            f"Tiny CLIP {tiny.model_name} ({report[tiny.step]['source']}; used by "
+            f"{', '.join(users) or 'CLIPSelf'}): zero-shot crop accuracy rare {z['r']:.1f}%, "
+            f"common {z['c']:.1f}%, frequent {z['f']:.1f}%, all {z['all']:.1f}% "
+            f"({z['n_all']} val crops; chance {100 / 32:.1f}%).",
+            "",
+        ]
+    lines += method_table_header()
     lines += [format_method_row(rec) for rec in report["methods"].values()]
     if any(rec.get("oracle") for rec in report["methods"].values()):
         lines += ["", "The oracle row is trained on every class's boxes and evaluated detector "
