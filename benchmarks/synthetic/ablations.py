@@ -3,7 +3,7 @@ paper claims, measured on the generated data, as one table.
 
 - headline rows (the four methods, the oracle, and ViLD-text and F-ViT without CLIPSelf, the
   other side of two claims) over 3 seeds: the seed sets the generated data, CLIPSelf and the
-  detectors' training; the tiny CLIP is the main run's for all three. Mean and spread
+  detectors' training; the tiny CLIPs are the main run's for all three. Mean and spread
   (population standard deviation), and the papers' claims checked on them (``paper_claims``:
   a difference holds when it exceeds the two standard deviations combined);
 - F-VLM, F-ViT, RO-ViT detector-only vs fused (every run of a fused method is evaluated both ways);

@@ -5,15 +5,17 @@ Steps, each in its own folder under the output directory:
 
 1. ``data``: :func:`~ovdet_plugin.data.synthetic.generate_synthetic_dataset` (the detection
    splits), registered as ``ovdet_synthetic_*`` through ``DETECTRON2_DATASETS=<out>/datasets``.
-2. ``clip``: the tiny CLIP. Either the checkpoint the project ships (its commands and seed in
-   its ``.json`` record; ``benchmarks/ship_tiny_clip.py`` ships a from-scratch run of this step)
-   or, with ``from_scratch``, pretrained here with the product's tools:
+2. ``clip`` and ``clip_rn``: the tiny CLIPs (:data:`TINY_CLIPS`; the ViT for F-ViT and RO-ViT,
+   the ResNet for F-VLM and ViLD), each run only when a method uses it. Each is either the
+   checkpoint the project ships (its commands and seed in its ``.json`` record;
+   ``benchmarks/ship_tiny_clip.py`` ships a from-scratch run of this step) or, with
+   ``from_scratch``, pretrained here with the product's tools:
    ``tools/generate_synthetic_data.py --pretrain-style scene_crops`` writes a caption folder
    (``<out>/datasets/ovdet_synthetic_captions``, another seed than the benchmark's data: its val
    split is the one a recipe is chosen on), then
-   ``tools/pretrain_rovit.py --config-file configs/pretraining/tiny_synthetic.yaml`` trains on
-   it (zero-shot crop curve on that caption val split in its metrics.json). Its zero-shot crop
-   accuracy on the benchmark's val objects is the benchmark's first figure.
+   ``tools/pretrain_rovit.py --config-file configs/pretraining/tiny_synthetic{,_rn}.yaml`` trains
+   on it (zero-shot crop curve on that caption val split in its metrics.json). Their zero-shot
+   crop accuracy on the benchmark's val objects is the benchmark's first figure.
 3. ``clipself``: CLIPSelf adaptation of the tiny CLIP (``tools/train_clipself.py``).
 4. one step per detector, trained on the base classes with ``tools/train_net.py`` and a config of
    ``configs/synthetic/``, evaluated by the stock ``LVISEvaluator`` (AP, APr, APc, APf); a fused
@@ -134,8 +136,8 @@ DEFAULT_PRETRAIN_VARIANT = "multipos"
 
 @dataclass(frozen=True)
 class BenchmarkSize:
-    """Every size of a run. ``default`` takes about 16 minutes on a 2-core CPU (with the shipped
-    tiny CLIP); ``smoke`` is the test suite's run."""
+    """Every size of a run. ``default`` takes about 17.5 minutes on a 2-core CPU (with the
+    shipped tiny CLIPs); ``smoke`` is the test suite's run."""
 
     num_train: int = 1000
     num_val: int = 200
@@ -819,8 +821,9 @@ class SyntheticBenchmark:
             )  # fmt: skip
             results = _read_results(folder)
             record = {"title": method.title, "fused": _bbox(results)}
-            if _ap(results, "segm"):  # the method's own output (fused), as the papers report it
-                record["mask"] = _ap(results, "segm")
+            mask = _ap(results, "segm")  # the method's own output (fused), as the papers report it
+            if mask:
+                record["mask"] = mask
             weights = os.path.join(folder, "model_final.pth")
             record["weights"] = weights
             if method.fused:
