@@ -19,8 +19,7 @@ import sys
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)  # benchmarks.synthetic lives in the checkout, not in the package
 from benchmarks.synthetic.pipeline import (  # noqa: E402
-    ABLATIONS,
-    METHODS,
+    ALL_METHODS,
     PICTURE_TOP_K,
     evaluator_detections_path,
 )
@@ -34,7 +33,7 @@ def precision_table(run_dir, thresholds, top_k=PICTURE_TOP_K):
     with open(gt_path, encoding="utf-8") as f:
         gt = json.load(f)
     table = {}
-    for key, method in {**METHODS, **ABLATIONS}.items():  # the methods the run has evaluated
+    for key, method in ALL_METHODS.items():  # the methods the run has evaluated
         title = method.title
         for suffix, sub in (("", ""), (", detector only", "detector_only")):
             path = evaluator_detections_path(os.path.join(run_dir, key, sub))

@@ -15,7 +15,7 @@ from conftest import REPO_ROOT
 
 from benchmarks.synthetic.ablations import collect_ablations, format_ablations_markdown
 from benchmarks.synthetic.pipeline import (
-    ABLATIONS,
+    ALL_METHODS,
     METHODS,
     SHIPPED_CLIP,
     SHIPPED_CLIP_RN,
@@ -286,7 +286,7 @@ def _fake_results(path, methods, ap):
     for k in methods:
         box = {"AP": ap, "AP50": ap, "APr": ap / 2, "APc": ap, "APf": ap}
         recs[k] = {"title": k, "fused": box, "mask": dict(box, AP=ap / 2)}
-        if {**METHODS, **ABLATIONS}[k].fused:
+        if ALL_METHODS[k].fused:
             recs[k]["detector_only"] = dict(box, APr=ap / 4)
     report = {"methods": recs, "clip": {"zero_shot": {"r": 50.0, "all": 40.0}}}
     with open(os.path.join(path, "results.json"), "w") as f:

@@ -31,7 +31,7 @@ from typing import Callable, Dict, List, Sequence
 from ovdet_plugin.utils.atomic_io import atomic_write_path
 
 from .pipeline import (
-    ABLATIONS,
+    ALL_METHODS,
     METHODS,
     PRETRAIN_VARIANTS,
     REPO_ROOT,
@@ -171,7 +171,7 @@ def collect_ablations(out_dir: str, seeds: Sequence[int]) -> Dict:
             runs[seed] = _load(os.path.join(root, f"seed{seed}", "results.json"))
     headline = {}
     for key in [*METHODS, *SEED_ABLATIONS]:
-        method = {**METHODS, **ABLATIONS}[key]
+        method = ALL_METHODS[key]
         per_seed = {s: r["methods"][key] for s, r in runs.items() if r and key in r["methods"]}
         if not per_seed:
             continue

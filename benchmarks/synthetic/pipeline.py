@@ -56,6 +56,7 @@ from ovdet_plugin.utils.atomic_io import atomic_write_path
 from ovdet_plugin.utils.hashing import file_sha256
 
 __all__ = [
+    "ALL_METHODS",
     "BenchmarkSize",
     "METHODS",
     "SIZES",
@@ -280,6 +281,8 @@ ABLATIONS = {
         opts=["MODEL.OVD.BACKBONE.FREEZE", "True", "MODEL.OVD.VLM_SCORER.FROZEN_COPY", "False"],
     ),
 }
+# Every method the benchmark can run, by key: the headline rows and the ablation rows.
+ALL_METHODS = {**METHODS, **ABLATIONS}
 
 
 def _config_digest(name: str) -> str:
@@ -368,10 +371,9 @@ class SyntheticBenchmark:
         jobs: int = 2,
         log: Callable[[str], None] = print,
     ):
-        table = {**METHODS, **ABLATIONS}
-        unknown = [m for m in methods if m not in table]
+        unknown = [m for m in methods if m not in ALL_METHODS]
         if unknown:
-            raise ValueError(f"Unknown methods {unknown}; known: {sorted(table)}")
+            raise ValueError(f"Unknown methods {unknown}; known: {sorted(ALL_METHODS)}")
         self.out_dir = os.path.abspath(out_dir)
         self.size = size
         self.seed = int(seed)
@@ -384,7 +386,7 @@ class SyntheticBenchmark:
             )
         self.pretrain_variant = pretrain_variant
         self.clip_checkpoints = {"vit": clip_checkpoint, "rn": clip_rn_checkpoint}
-        self.methods = [table[m] for m in methods]
+        self.methods = [ALL_METHODS[m] for m in methods]
         if any(m.vild for m in self.methods) and "fvlm" not in methods:
             self.methods.insert(0, METHODS["fvlm"])  # its RPN gives ViLD's distillation proposals
         self.jobs = max(1, int(jobs))
@@ -851,10 +853,9 @@ class SyntheticBenchmark:
         """Visualizer pictures of val images holding a rare category, with a typed vocabulary:
         the names of their objects plus two absent kinds, for the open-vocabulary method (not an
         oracle) with the best APr."""
-        table = {**METHODS, **ABLATIONS}
-        candidates = [k for k in results if not table[k].oracle] or list(results)
+        candidates = [k for k in results if not ALL_METHODS[k].oracle] or list(results)
         best = max(candidates, key=lambda k: results[k]["fused"]["APr"])
-        method = table[best]
+        method = ALL_METHODS[best]
         images, vocabulary = _picture_inputs(self.data_dir, self.size.num_pictures)
         opts = self._detector_opts(method, clips, clipself, "")
         key = {"method": best, "weights": _file_digest(results[best]["weights"]), "images": images,
@@ -895,10 +896,9 @@ class SyntheticBenchmark:
                 image_ids=image_ids,
             )
 
-        table = {**METHODS, **ABLATIONS}
         for key, rec in results.items():
             folder = os.path.join(self.out_dir, key)
-            rec["oracle"] = table[key].oracle
+            rec["oracle"] = ALL_METHODS[key].oracle
             rec["label_precision"] = measure(folder)
             if "detector_only" in rec:
                 rec["label_precision_detector_only"] = measure(
@@ -1079,11 +1079,10 @@ def format_results_markdown(report: Dict) -> str:
         f"last two columns); detectors trained on the base (frequent + common) classes.",
         "",
     ]
-    table = {**METHODS, **ABLATIONS}
     for name, tiny in TINY_CLIPS.items():
         if tiny.step not in report:
             continue
-        users = [rec["title"] for k, rec in report["methods"].items() if table[k].clip == name]
+        users = [r["title"] for k, r in report["methods"].items() if ALL_METHODS[k].clip == name]
         z = report[tiny.step]["zero_shot"]
         lines += [
             f"Tiny CLIP {tiny.model_name} ({report[tiny.step]['source']}; used by "
