@@ -525,11 +525,12 @@ class SyntheticBenchmark:
         if self.clip_checkpoints[name]:
             source = {"checkpoint": os.path.abspath(self.clip_checkpoints[name])}
         elif self.from_scratch:
+            variant = self.pretrain_variant if name == "vit" else ""  # RO-ViT's ViT recipes
             source = {
                 "pretrain": {
-                    "variant": self.pretrain_variant if name == "vit" else "",
+                    "variant": variant,
                     "config": _config_digest(tiny.pretrain_config),
-                    "opts": self._pretrain_opts(name),
+                    "opts": self._pretrain_opts(name, variant),
                     "captions": self.size.caption_overrides(self.data_seed),
                 }
             }
@@ -543,8 +544,6 @@ class SyntheticBenchmark:
         if "checkpoint" in source:
             source["sha256"] = file_sha256(source["checkpoint"])
         key = {"data": self.size.data_overrides(self.data_seed), "source": source}
-        if name != "vit":  # (the ViT's key as before this field, so its step is reused)
-            key["model_name"] = tiny.model_name
         return self._step(tiny.step, key, lambda folder: self._clip(folder, source, tiny))
 
     def _clip(self, folder: str, source: Dict, tiny: TinyClip) -> Dict:
@@ -575,10 +574,10 @@ class SyntheticBenchmark:
         )
         return record
 
-    def _pretrain_opts(self, name: str) -> List[str]:
+    def _pretrain_opts(self, name: str, variant: str) -> List[str]:
         """The config overrides of tools/pretrain_rovit.py (``from_scratch``) for the tiny CLIP
-        ``name``: output folder, seed, schedule, the caption folder (absolute paths) and, for
-        the ViT, the variant's overrides."""
+        ``name``: output folder, seed, schedule, the caption folder (absolute paths) and the
+        overrides of ``variant`` (a key of PRETRAIN_VARIANTS, or "" for none)."""
         s, cap = self.size, self.captions_dir
         spec = f"name={CAPTIONS_VAL},format=lvis,json={cap}/val.json,images={cap}"
         steps = s.pretrain_steps if name == "vit" else s.pretrain_steps_rn
@@ -591,7 +590,7 @@ class SyntheticBenchmark:
             "MODEL.OVD.ROVIT.CAPTION_FILES", os.path.join(cap, "captions.jsonl"),
             "MODEL.OVD.ROVIT.IMAGE_ROOT", cap,
             "MODEL.OVD.CUSTOM_DATASETS", json.dumps([spec]),
-            *(PRETRAIN_VARIANTS[self.pretrain_variant] if name == "vit" else []),
+            *(PRETRAIN_VARIANTS[variant] if variant else []),
         ]  # fmt: skip
 
     def _captions(self, folder: str, overrides: Dict) -> Dict:
@@ -755,7 +754,7 @@ class SyntheticBenchmark:
         """ViLD's distillation targets: proposals of the F-VLM detector's RPN (trained on base
         classes), embedded by ViLD's tiny CLIP (its teacher). Returns the record (``dir``: the
         embeddings folder)."""
-        rpn = fvlm["weights"]
+        rpn = fvlm["weights"]  # (its digest covers the frozen tower: the weights hold it)
         rpn_clip = clips[METHODS["fvlm"].clip]["path"]  # the F-VLM detector's frozen tower
         teacher = METHODS["vild"].clip
         opts = [
@@ -765,13 +764,7 @@ class SyntheticBenchmark:
             "--clip-pretrained", clips[teacher]["path"],
             "--max-proposals", str(self.size.vild_proposals),
         ]  # fmt: skip
-        key = {
-            "rpn": _file_digest(rpn),
-            "clip": _file_digest(clips[teacher]["path"]),
-            "opts": opts,
-        }
-        if rpn_clip != clips[teacher]["path"]:
-            key["rpn_clip"] = _file_digest(rpn_clip)
+        key = {"rpn": _file_digest(rpn), "clip": _file_digest(clips[teacher]["path"]), "opts": opts}
 
         def run(folder: str) -> Dict:
             out = os.path.join(folder, "embeddings")
