@@ -67,6 +67,9 @@ def test_smoke_run_produces_every_step_and_the_lvis_evaluation(smoke_run):
         # box and mask AP: the class-agnostic mask head runs in every method
         assert {"AP", "APr", "APc", "APf"} <= set(rec["mask"])
         assert ("detector_only" in rec) == METHODS[key].fused
+        if METHODS[key].fused:  # the detector-only evaluation scores boxes only
+            with open(out / key / "detector_only" / "eval_results.json") as f:
+                assert set(json.load(f)) == {"bbox"}
         # label precision of the drawn detections, over every val image
         for lp in [rec["label_precision"]] + (
             [rec["label_precision_detector_only"]] if METHODS[key].fused else []

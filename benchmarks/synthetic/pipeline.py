@@ -826,7 +826,10 @@ class SyntheticBenchmark:
                 self._run_tool(
                     folder, "eval_detector_only.log",
                     ["train_net.py", "--config-file", config, "--eval-only", *opts,
-                     "MODEL.WEIGHTS", weights, "MODEL.OVD.FUSION.RULE", "", "OUTPUT_DIR", only],
+                     "MODEL.WEIGHTS", weights, "MODEL.OVD.FUSION.RULE", "",
+                     # box AP only: the tables report the detector-only boxes (and skipping
+                     # the masks' pasting and segm evaluation saves 6 s per evaluation)
+                     "MODEL.MASK_ON", "False", "OUTPUT_DIR", only],
                 )  # fmt: skip
                 record["detector_only"] = _bbox(_read_results(only))
             r = record["fused"]
