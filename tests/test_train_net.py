@@ -21,6 +21,18 @@ def synthetic_root(tmp_path_factory):
     return str(root)
 
 
+TINY_FVLM_CONFIG = os.path.join(REPO_ROOT, "configs", "test", "tiny_fvlm.yaml")
+# tiny_fvlm.yaml on the small generated dataset, 4 iterations
+TINY_FVLM_OPTS = (
+    "MODEL.META_ARCHITECTURE", "OVDetGeneralizedRCNN",
+    "DATASETS.TRAIN", '("ovdet_synthetic_train",)',
+    "DATASETS.TEST", '("ovdet_synthetic_val",)',
+    "MODEL.OVD.TRAIN_VOCABULARY", "dataset:ovdet_synthetic_train",
+    "SOLVER.MAX_ITER", "4", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.BASE_LR", "0.001",
+    "DATALOADER.NUM_WORKERS", "0", "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MIN_SIZE_TEST", "96",
+)  # fmt: skip
+
+
 def run_train_net(root, out, *opts, wrapper=None, env=None):
     """Run tools/train_net.py on the small generated dataset (``wrapper``: Python code run instead,
     given the script path and its arguments)."""
@@ -28,17 +40,24 @@ def run_train_net(root, out, *opts, wrapper=None, env=None):
     cmd = [
         sys.executable, *(["-c", wrapper] if wrapper else []),
         os.path.join(REPO_ROOT, "tools", "train_net.py"),
-        "--config-file", os.path.join(REPO_ROOT, "configs", "test", "tiny_fvlm.yaml"),
-        *opts,
-        "MODEL.META_ARCHITECTURE", "OVDetGeneralizedRCNN",
-        "DATASETS.TRAIN", '("ovdet_synthetic_train",)',
-        "DATASETS.TEST", '("ovdet_synthetic_val",)',
-        "MODEL.OVD.TRAIN_VOCABULARY", "dataset:ovdet_synthetic_train",
-        "SOLVER.MAX_ITER", "4", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.BASE_LR", "0.001",
-        "DATALOADER.NUM_WORKERS", "0", "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MIN_SIZE_TEST", "96",
-        "OUTPUT_DIR", str(out),
+        "--config-file", TINY_FVLM_CONFIG, *opts, *TINY_FVLM_OPTS, "OUTPUT_DIR", str(out),
     ]  # fmt: skip
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_profile_train_step_prints_the_ops_of_trainer_iterations(synthetic_root, tmp_path):
+    """benchmarks/profile_train_step.py profiles train_net.py's trainer on the same config."""
+    env = dict(os.environ, DETECTRON2_DATASETS=synthetic_root, PYTHONPATH=REPO_ROOT)
+    cmd = [
+        sys.executable, os.path.join(REPO_ROOT, "benchmarks", "profile_train_step.py"),
+        "--config-file", TINY_FVLM_CONFIG, "--warmup", "1", "--iters", "2", "--rows", "5",
+        *TINY_FVLM_OPTS, "OUTPUT_DIR", str(tmp_path / "profile"),
+    ]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert "Self CPU" in result.stdout and "aten::" in result.stdout
+    assert "ms of self CPU time per iteration over 2" in result.stdout
+    assert os.path.isfile(tmp_path / "profile" / "config.yaml")  # train_net.py's own setup
 
 
 # 6 iterations, a checkpoint every 2, fixed seed: the run the fault test compares with.
