@@ -70,6 +70,14 @@ def test_smoke_run_produces_every_step_and_the_lvis_evaluation(smoke_run):
         if METHODS[key].fused:  # the detector-only evaluation scores boxes only
             with open(out / key / "detector_only" / "eval_results.json") as f:
                 assert set(json.load(f)) == {"bbox"}
+        # the region zero-shot figure of the score each fused method fuses, by its own scorer
+        region = rec.get("region_zero_shot")
+        assert (region is not None) == METHODS[key].fused
+        if region:
+            scorer = {"fvlm": "attnpool", "fvit": "dense", "rovit": "avgpool"}[key]
+            assert region["scorer"] == scorer
+            assert region["n_all"] == region["n_r"] + region["n_c"] + region["n_f"] > 0
+            assert 0.0 <= region["all"] <= 100.0
         # label precision of the drawn detections, over every val image
         for lp in [rec["label_precision"]] + (
             [rec["label_precision_detector_only"]] if METHODS[key].fused else []
@@ -118,6 +126,7 @@ def test_smoke_run_produces_every_step_and_the_lvis_evaluation(smoke_run):
     )
     md = (out / "results.md").read_text()
     assert "| F-VLM |" in md and "zero-shot crop accuracy" in md and "Step times" in md
+    assert "Region zero-shot accuracy" in md and "F-VLM (attnpool) rare" in md
     assert "| F-VLM oracle (all classes' boxes) |" in md
     assert "| mask AP | mask APr |" in md
     with open(out / "fvlm" / "config.yaml") as f:
@@ -283,7 +292,7 @@ def test_a_failed_training_step_stops_the_run(tmp_path):
         bench._train_steps({"vit": {"path": "clip.pt"}, "rn": {"path": "rn.pt"}})
 
 
-def _fake_results(path, methods, ap):
+def _fake_results(path, methods, ap, region=None):
     os.makedirs(path, exist_ok=True)
     recs = {}
     for k in methods:
@@ -291,6 +300,8 @@ def _fake_results(path, methods, ap):
         recs[k] = {"title": k, "fused": box, "mask": dict(box, AP=ap / 2)}
         if ALL_METHODS[k].fused:
             recs[k]["detector_only"] = dict(box, APr=ap / 4)
+        if region is not None:
+            recs[k]["region_zero_shot"] = {"r": region, "all": region / 2, "scorer": "avgpool"}
     report = {"methods": recs, "clip": {"zero_shot": {"r": 50.0, "all": 40.0}}}
     with open(os.path.join(path, "results.json"), "w") as f:
         json.dump(report, f)
@@ -303,6 +314,14 @@ def test_ablation_table_mean_and_spread(tmp_path):
     _fake_results(tmp_path / "ablations" / "pretrain_cpe_focal", ["rovit"], 6.0)
     table = collect_ablations(str(tmp_path), (0, 1, 2))
     fvlm = table["headline"]["fvlm"]
+    assert "region_r" not in fvlm and "Region zero-shot" not in format_ablations_markdown(table)
+    for i, folder in enumerate([tmp_path, tmp_path / "ablations" / "seed1"]):
+        _fake_results(folder, list(METHODS), 10.0 * (i + 1), region=20.0 + 10 * i)
+    _fake_results(tmp_path / "ablations" / "seed2", list(METHODS), 30.0, region=40.0)
+    table = collect_ablations(str(tmp_path), (0, 1, 2))
+    fvlm = table["headline"]["fvlm"]
+    assert fvlm["region_r"]["mean"] == pytest.approx(30.0) and fvlm["region_scorer"] == "avgpool"
+    assert "F-VLM (avgpool) rare 30.0 ± 8.2, all 15.0 ± 4.1" in format_ablations_markdown(table)
     assert fvlm["seeds"] == [0, 1, 2]
     assert fvlm["AP"]["mean"] == pytest.approx(20.0)
     assert fvlm["AP"]["std"] == pytest.approx((200 / 3) ** 0.5)
@@ -311,9 +330,12 @@ def test_ablation_table_mean_and_spread(tmp_path):
     assert "APr_detector_only" not in table["headline"]["vild"]
     assert fvlm["mask_AP"]["mean"] == pytest.approx(10.0)  # mask AP = box AP / 2 here
     assert fvlm["mask_APr"]["mean"] == pytest.approx(10.0)
-    assert table["pretraining"]["cpe_focal"]["rovit"]["fused"]["APr"] == 3.0
+    focal = table["pretraining"]["cpe_focal"]
+    assert focal["seeds"] == [0] and focal["runs"][0]["rovit"]["fused"]["APr"] == 3.0
+    assert focal["APr"] == {"mean": 3.0, "std": 0.0} and "region_r" not in focal
     md = format_ablations_markdown(table)
-    assert "20.0 ± 8.2" in md and "| CPE + focal | 50.0 | 40.0 | 6.0 | 3.0 |" in md
+    assert "20.0 ± 8.2" in md
+    assert "| CPE + focal | 0 | 50.0 ± 0.0 / 40.0 ± 0.0 | - | 6.0 ± 0.0 | 3.0 ± 0.0 |" in md
     assert "| 10.0 ± 4.1 | 10.0 ± 4.1 |" in md  # the mask columns
     assert "vild_text" not in table["headline"]  # no run of it: no row, no claim
     assert table["claims"][-1]["claim"].startswith("best APr (F-VLM)")  # ties: the first
@@ -326,10 +348,12 @@ def test_ablation_claims_compare_means_against_the_spread(tmp_path):
     ablations = ["vild_text", "fvit_no_clipself"]
     _fake_results(tmp_path, list(METHODS), 10.0)
     _fake_results(tmp_path / "ablations" / "methods", ablations, 4.0)
-    _fake_results(tmp_path / "ablations" / "seed1", list(METHODS) + ablations, 11.0)
-    _fake_results(tmp_path / "ablations" / "seed2", list(METHODS) + ablations, 12.0)
+    _fake_results(tmp_path / "ablations" / "seed1", list(METHODS) + ablations, 11.0, 30.0)
+    _fake_results(tmp_path / "ablations" / "seed2", list(METHODS) + ablations, 12.0, 40.0)
     table = collect_ablations(str(tmp_path), (0, 1, 2))
     assert table["headline"]["vild_text"]["seeds"] == [0, 1, 2]
+    # seed 0 has no region figure: no region mean over a part of the seeds
+    assert "region_r" not in table["headline"]["fvlm"]
     assert table["headline"]["vild_text"]["APr"]["mean"] == pytest.approx(27 / 6)
     claims = {c["claim"]: c for c in table["claims"]}
     # ViLD APr 5, 5.5, 6 vs ViLD-text 2, 5.5, 6: difference 1.0 < the stds (0.41 + 1.78)
@@ -343,6 +367,34 @@ def test_ablation_claims_compare_means_against_the_spread(tmp_path):
     md = format_ablations_markdown(table)
     assert "ViLD: ensemble APr > ViLD-text APr: 5.5 ± 0.4 vs 4.5 ± 1.8" in md
     assert "(difference +1.0), not shown" in md and "**holds**" in md
+
+
+def test_cpe_claim_over_the_seeds_of_both_pretraining_variants(tmp_path):
+    """RO-ViT's CPE claim compares the region zero-shot accuracy of the two variants over the
+    seeds each ran (seed 0's folder has no suffix); the jobs run both variants on every seed."""
+    from benchmarks.synthetic.ablations import ablation_jobs
+
+    jobs = ablation_jobs("clip.pt", (0, 1, 2), 3000, "default")
+    assert {"pretrain_multipos", "pretrain_cpe_multipos_seed2", "pretrain_cpe_focal"} <= set(jobs)
+    assert "pretrain_cpe_focal_seed1" not in jobs
+    args = jobs["pretrain_cpe_multipos_seed2"]
+    assert args[args.index("--seed") + 1] == "2" and "--from-scratch" in args
+    assert "--seed" not in jobs["pretrain_multipos"]
+    for seed, (none, cpe) in enumerate([(2.0, 10.0), (3.0, 12.0), (4.0, 14.0)]):
+        suffix = f"_seed{seed}" if seed else ""
+        _fake_results(tmp_path / "ablations" / f"pretrain_multipos{suffix}", ["rovit"], 8, none)
+        _fake_results(tmp_path / "ablations" / f"pretrain_cpe_multipos{suffix}", ["rovit"], 8, cpe)
+    table = collect_ablations(str(tmp_path), (0, 1, 2))
+    cpe = table["pretraining"]["cpe_multipos"]
+    assert cpe["seeds"] == [0, 1, 2] and cpe["region_r"]["mean"] == pytest.approx(12.0)
+    claims = {c["claim"]: c for c in table["claims"]}
+    rare = claims["RO-ViT pretraining: region zero-shot rare with CPE > without"]
+    assert rare["diff"] == pytest.approx(9.0) and rare["holds"]
+    # "all" is half of rare here: 6.0 vs 1.5, stds 0.82 + 0.41
+    assert claims["RO-ViT pretraining: region zero-shot all with CPE > without"]["holds"]
+    md = format_ablations_markdown(table)
+    assert "| CPE + multi-positive softmax | 0, 1, 2 |" in md and "12.0 ± 1.6 / 6.0 ± 0.8" in md
+    assert "region zero-shot rare with CPE > without: 12.0 ± 1.6 vs 3.0 ± 0.8" in md
 
 
 def test_group_accuracy_per_frequency_group():

@@ -9,10 +9,11 @@ paper claims, measured on the generated data, as one table.
 - F-VLM, F-ViT, RO-ViT detector-only vs fused (every run of a fused method is evaluated both ways);
 - ViLD-text vs ViLD-image vs ViLD (text + image, one branch) vs ViLD-ensemble;
 - F-ViT without vs with CLIPSelf;
-- RO-ViT pretraining: without vs with the cropped positional embedding, multi-positive softmax
-  vs focal loss (each tiny CLIP pretrained by tools/pretrain_rovit.py with
+- RO-ViT pretraining: without vs with the cropped positional embedding (3 seeds: RO-ViT's claim,
+  checked on the region zero-shot accuracy of its avgpool scorer), multi-positive softmax vs
+  focal loss (seed 0); each tiny CLIP pretrained by tools/pretrain_rovit.py with
   configs/pretraining/tiny_synthetic.yaml and the variant's overrides for ``pretrain_steps``,
-  then the RO-ViT detector on it);
+  then the RO-ViT detector on it;
 - RO-ViT with a frozen vs fine-tuned backbone.
 
 Every row is a run of ``tools/run_synthetic_benchmark.py`` in its own folder under
@@ -50,6 +51,10 @@ PRETRAIN_VARIANT_NAMES = {
 }
 
 
+# The pretraining variants of RO-ViT's claim (CPE > none on region zero-shot accuracy), run with
+# every seed (the third, focal, with seed 0 only).
+CPE_CLAIM_VARIANTS = ("multipos", "cpe_multipos")
+
 # The ablation methods that are one side of a paper's claim, run with every seed (seed 0's in
 # the "methods" job): ViLD-text (vs the ensemble) and F-ViT without CLIPSelf (vs with).
 SEED_ABLATIONS = ("vild_text", "fvit_no_clipself")
@@ -81,11 +86,19 @@ def ablation_jobs(
         "--methods", "vild_text,vild_image,vild_text_image,fvit_no_clipself,rovit_frozen",
     ]  # fmt: skip
     for variant in PRETRAIN_VARIANTS:
-        jobs[f"pretrain_{variant}"] = common + [
-            "--from-scratch", "--pretrain-variant", variant,
-            "--pretrain-steps", str(pretrain_steps), "--methods", "rovit",
-        ]  # fmt: skip
+        for seed in seeds if variant in CPE_CLAIM_VARIANTS else [0]:
+            jobs[pretrain_job_name(variant, seed)] = common + [
+                *(["--seed", str(seed)] if seed else []),
+                "--from-scratch", "--pretrain-variant", variant,
+                "--pretrain-steps", str(pretrain_steps), "--methods", "rovit",
+            ]  # fmt: skip
     return jobs
+
+
+def pretrain_job_name(variant: str, seed: int) -> str:
+    """The ablation folder of a pretraining variant's run with ``seed`` (the caption folder, the
+    pretraining and the RO-ViT detector all follow the seed)."""
+    return f"pretrain_{variant}" + (f"_seed{seed}" if seed else "")
 
 
 def run_ablations(
@@ -187,6 +200,11 @@ def collect_ablations(out_dir: str, seeds: Sequence[int]) -> Dict:
                 row[f"{metric}_detector_only"] = _mean_std(
                     [rec["detector_only"][metric] for rec in per_seed.values()]
                 )
+        regions = [rec.get("region_zero_shot") for rec in per_seed.values()]
+        if regions and all(regions):  # the fused score's region zero-shot, every seed
+            row["region_scorer"] = regions[0]["scorer"]
+            for group in ("r", "all"):
+                row[f"region_{group}"] = _mean_std([z[group] for z in regions])
         headline[key] = row
     single = {}
     for source in (main, extra):
@@ -194,18 +212,55 @@ def collect_ablations(out_dir: str, seeds: Sequence[int]) -> Dict:
             single[key] = rec
     pretrain = {}
     for variant in PRETRAIN_VARIANTS:
-        r = _load(os.path.join(root, f"pretrain_{variant}", "results.json"))
-        if r:
-            pretrain[variant] = {
-                "zero_shot": r["clip"]["zero_shot"],
-                "rovit": r["methods"]["rovit"],
-            }
+        per_seed = {}
+        for seed in seeds:
+            r = _load(os.path.join(root, pretrain_job_name(variant, seed), "results.json"))
+            if r:
+                rovit = r["methods"]["rovit"]
+                per_seed[seed] = {
+                    "zero_shot": r["clip"]["zero_shot"],
+                    "region_zero_shot": rovit.get("region_zero_shot"),
+                    "rovit": rovit,
+                }
+        if per_seed:
+            pretrain[variant] = {"seeds": sorted(per_seed), "runs": per_seed,
+                                 **_pretrain_means(per_seed.values())}  # fmt: skip
     return {
         "headline": headline,
-        "claims": paper_claims(headline),
+        "claims": paper_claims(headline) + pretrain_claims(pretrain),
         "single_seed": single,
         "pretraining": pretrain,
     }
+
+
+def _pretrain_means(runs) -> Dict[str, Dict[str, float]]:
+    """Mean and spread over a pretraining variant's seeds: crop and region zero-shot (rare,
+    all) and the RO-ViT detector's box AP."""
+    runs = list(runs)
+    out = {}
+    for group in ("r", "all"):
+        out[f"crop_{group}"] = _mean_std([r["zero_shot"][group] for r in runs])
+        regions = [r["region_zero_shot"] for r in runs if r["region_zero_shot"]]
+        if len(regions) == len(runs):
+            out[f"region_{group}"] = _mean_std([z[group] for z in regions])
+    for metric in ("AP", "APr", "APc", "APf"):
+        out[metric] = _mean_std([r["rovit"]["fused"][metric] for r in runs])
+    return out
+
+
+def pretrain_claims(pretrain: Dict) -> List[Dict]:
+    """RO-ViT's claim that the cropped positional embedding helps region-level recognition: region
+    zero-shot accuracy (RO-ViT's avgpool scorer on the val boxes inside whole images), rare and
+    all, with CPE > without, over the seeds both variants ran."""
+    a, b = pretrain.get("cpe_multipos"), pretrain.get("multipos")
+    if not a or not b:
+        return []
+    return [
+        _larger({"cpe": a, "none": b}, ("cpe", key), ("none", key),
+                f"RO-ViT pretraining: region zero-shot {label} with CPE > without")
+        for key, label in (("region_r", "rare"), ("region_all", "all"))
+        if key in a and key in b
+    ]  # fmt: skip
 
 
 def _larger(headline: Dict, a: tuple, b: tuple, claim: str) -> Dict:
@@ -270,6 +325,16 @@ def format_ablations_markdown(table: Dict) -> str:
                 f"| {r['title']} | {_fmt(r['AP'])} | {_fmt(r['APr'])} | {_fmt(r['APc'])} | "
                 f"{_fmt(r['APf'])} | {only} | {masks} |"
             )
+        regions = [
+            f"{r['title']} ({r['region_scorer']}) rare {_fmt(r['region_r'])}, "
+            f"all {_fmt(r['region_all'])}"
+            for r in h.values()
+            if "region_r" in r
+        ]
+        if regions:
+            lines += ["", "Region zero-shot accuracy (%) of the score each fused method fuses "
+                      "(the val boxes scored inside their whole images): " + "; ".join(regions)
+                      + "."]  # fmt: skip
         lines.append("")
     claims = table.get("claims") or []
     if claims:
@@ -298,17 +363,22 @@ def format_ablations_markdown(table: Dict) -> str:
     if p:
         lines += [
             "RO-ViT pretraining variants (shorter pretraining than the main run), then the RO-ViT "
-            "detector on each.",
+            "detector on each; mean ± standard deviation over the seeds each ran. Crop: val "
+            "objects as isolated crops; region: the val boxes inside whole images, scored by "
+            "RO-ViT's avgpool scorer.",
             "",
-            "| pretraining | zero-shot rare | zero-shot all | AP | APr | APc | APf |",
-            "|---|---|---|---|---|---|---|",
+            "| pretraining | seeds | crop rare / all | region rare / all | AP | APr | APc | APf |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for variant, rec in p.items():
-            z, r = rec["zero_shot"], rec["rovit"]["fused"]
             name = PRETRAIN_VARIANT_NAMES.get(variant, variant)
+            region = "-"
+            if "region_r" in rec:
+                region = f"{_fmt(rec['region_r'])} / {_fmt(rec['region_all'])}"
             lines.append(
-                f"| {name} | {z['r']:.1f} | {z['all']:.1f} | {r['AP']:.1f} | "
-                f"{r['APr']:.1f} | {r['APc']:.1f} | {r['APf']:.1f} |"
+                f"| {name} | {', '.join(map(str, rec['seeds']))} | {_fmt(rec['crop_r'])} / "
+                f"{_fmt(rec['crop_all'])} | {region} | {_fmt(rec['AP'])} | {_fmt(rec['APr'])} | "
+                f"{_fmt(rec['APc'])} | {_fmt(rec['APf'])} |"
             )
         lines.append("")
     if table.get("failed"):

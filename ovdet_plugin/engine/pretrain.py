@@ -30,7 +30,7 @@ from ..pretraining.clipself import (
     load_proposals,
 )
 from ..pretraining.rovit import RegionAwareCLIP, export_state_dict
-from .setup import setup_ovdet_cfg
+from .setup import release_process_group, setup_ovdet_cfg
 from .train_loop import InfiniteShardedSampler, get_seed, run_training
 
 __all__ = ["argument_parser", "clipself_main", "rovit_main", "ZeroShotCropEvalHook"]
@@ -224,6 +224,7 @@ def rovit_main(args):
         with atomic_write_path(path) as tmp:
             torch.save(export_state_dict(model.clip), tmp)
         logger.info("Saved the pretrained CLIP state dict to %s", path)
+    release_process_group()
 
 
 def clipself_main(args):
@@ -262,3 +263,4 @@ def clipself_main(args):
         stop_after=args.stop_after_iter,
         extra_hooks=export_hooks,
     )
+    release_process_group()

@@ -1,0 +1,121 @@
+"""Region zero-shot accuracy: each ground-truth box of a split, scored inside its whole image by a
+VLM region scorer (the score F-VLM / F-ViT / RO-ViT fuse at test time), classified among all the
+dataset's category names by the CLIP text tower. Reported per frequency group like the crop
+figure (:mod:`.zero_shot_crops`): if it is far below the crop accuracy, the VLM's skill does not
+reach the detector's boxes and the fused score cannot help novel classes.
+
+:func:`region_zero_shot_accuracy` takes a scorer; :func:`method_region_zero_shot` builds the
+scorer a detector config uses (``build_vlm_scorer`` with the config's tower, crop convention and
+pooler resolution) and its text classifier's CLIP, as the detector does at test time.
+"""
+
+import json
+import os
+from collections import defaultdict
+from typing import Dict
+
+import cv2
+import torch
+
+from .zero_shot_crops import group_accuracy
+
+__all__ = ["method_region_zero_shot", "region_zero_shot_accuracy"]
+
+
+@torch.no_grad()
+def region_zero_shot_accuracy(
+    dataset_dir: str,
+    text_embeddings: torch.Tensor,
+    scorer,
+    *,
+    split: str = "val",
+    pixel_mean=None,
+    pixel_std=None,
+) -> Dict[str, float]:
+    """Accuracy (%) per frequency group, as :func:`group_accuracy` returns it, of the scorer's
+    embeddings of every ground-truth box of ``<dataset_dir>/<split>.json``.
+
+    Args:
+        dataset_dir: an LVIS-format folder (``<split>.json`` with ``frequency`` per category,
+            image files relative to the folder).
+        text_embeddings: (K, D) L2-normalised, one row per category in ascending id order.
+        scorer: a :class:`~ovdet_plugin.modeling.vlm_scorers.VLMRegionScorer`, called as
+            ``scorer(images, boxes=[(R, 4) xyxy])`` on one (1, 3, H, W) image at a time.
+        pixel_mean, pixel_std: RGB, 0-255 scale (the detector's ``MODEL.PIXEL_MEAN / STD``);
+            default CLIP's.
+    """
+    from ..clip import CLIP_PIXEL_MEAN, CLIP_PIXEL_STD
+
+    with open(os.path.join(dataset_dir, f"{split}.json"), encoding="utf-8") as f:
+        data = json.load(f)
+    cats = sorted(data["categories"], key=lambda c: c["id"])
+    if text_embeddings.shape[0] != len(cats):
+        raise ValueError(
+            f"{len(cats)} categories in {split}.json but {text_embeddings.shape[0]} text "
+            "embeddings: encode the split's category names in ascending id order."
+        )
+    frequency = {c["id"]: c["frequency"] for c in cats}
+    mean = torch.tensor(pixel_mean or CLIP_PIXEL_MEAN, dtype=torch.float32).view(3, 1, 1)
+    std = torch.tensor(pixel_std or CLIP_PIXEL_STD, dtype=torch.float32).view(3, 1, 1)
+    by_image = defaultdict(list)
+    for a in data["annotations"]:
+        by_image[a["image_id"]].append(a)
+    predicted, true = [], []
+    for img in data["images"]:
+        anns = by_image.get(img["id"], [])
+        if not anns:
+            continue
+        path = os.path.join(dataset_dir, img["file_name"])
+        bgr = cv2.imread(path, cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise ValueError(f"Cannot read image {path} (missing or corrupt)")
+        x = torch.from_numpy(bgr[:, :, ::-1].copy()).permute(2, 0, 1).float()
+        x = ((x - mean) / std)[None]
+        boxes = torch.tensor(
+            [[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
+             for a in anns], dtype=torch.float32,
+        )  # fmt: skip
+        scores = scorer(x, boxes=[boxes]) @ text_embeddings.t()
+        predicted += [cats[i]["id"] for i in scores.argmax(1).tolist()]
+        true += [a["category_id"] for a in anns]
+    return group_accuracy(predicted, true, [frequency[c] for c in true])
+
+
+def method_region_zero_shot(cfg, dataset_dir: str, split: str = "val") -> Dict[str, float]:
+    """:func:`region_zero_shot_accuracy` of the region scorer a detector config fuses
+    (``MODEL.OVD.VLM_SCORER``), on the tower the detector's backbone loads
+    (``MODEL.OVD.BACKBONE.PRETRAINED``, else ``MODEL.OVD.CLIP.PRETRAINED``), against the text
+    embeddings of ``MODEL.OVD.CLIP`` with the config's prompts.
+
+    Raises:
+        ValueError: the config names no tower scorer ("" or ViLD's ``vild_image`` branch, which
+            needs a trained detector).
+    """
+    from ..clip import build_clip_model, get_clip_tokenizer
+    from ..clip.text_embeddings import encode_vocabulary
+    from ..modeling.vlm_scorers import build_vlm_scorer
+
+    if cfg.INPUT.FORMAT != "RGB":
+        raise ValueError(f"Region zero-shot reads RGB images; the config has {cfg.INPUT.FORMAT}")
+    name = cfg.MODEL.OVD.VLM_SCORER.NAME
+    if name in ("", "vild_image"):
+        raise ValueError(
+            f"MODEL.OVD.VLM_SCORER.NAME {name!r} is not a CLIP tower scorer; region zero-shot "
+            "needs 'attnpool', 'dense' or 'avgpool'."
+        )
+    scorer = build_vlm_scorer(cfg).eval()
+    with open(os.path.join(dataset_dir, f"{split}.json"), encoding="utf-8") as f:
+        names = [c["name"] for c in sorted(json.load(f)["categories"], key=lambda c: c["id"])]
+    clip = build_clip_model(cfg.MODEL.OVD.CLIP.MODEL_NAME, cfg.MODEL.OVD.CLIP.PRETRAINED).eval()
+    tokenizer = get_clip_tokenizer(cfg.MODEL.OVD.CLIP.MODEL_NAME)
+    text = encode_vocabulary(
+        clip, tokenizer, names, prompts=cfg.MODEL.OVD.TEXT.PROMPTS, show_progress=False
+    )
+    return region_zero_shot_accuracy(
+        dataset_dir,
+        text,
+        scorer,
+        split=split,
+        pixel_mean=list(cfg.MODEL.PIXEL_MEAN),
+        pixel_std=list(cfg.MODEL.PIXEL_STD),
+    )

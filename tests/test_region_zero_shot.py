@@ -1,0 +1,95 @@
+"""Region zero-shot accuracy (ovdet_plugin.evaluation.region_zero_shot): ground-truth boxes scored
+inside their whole images, classified by text embeddings, per frequency group."""
+
+import json
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ovdet_plugin.config import get_ovdet_cfg
+from ovdet_plugin.data.synthetic import generate_synthetic_dataset
+from ovdet_plugin.evaluation.region_zero_shot import (
+    method_region_zero_shot,
+    region_zero_shot_accuracy,
+)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("regions"))
+    generate_synthetic_dataset(root, num_train=4, num_val=8, num_pretrain=0, progress=False)
+    with open(os.path.join(root, "val.json")) as f:
+        return root, json.load(f)
+
+
+class BoxLookupScorer(torch.nn.Module):
+    """Returns, for each box, the text row of the category whose ground-truth box it is (or of
+    ``constant`` for every box): a scorer whose accuracy is known."""
+
+    def __init__(self, val, text, constant=None):
+        super().__init__()
+        index = {c["id"]: i for i, c in enumerate(sorted(val["categories"], key=lambda c: c["id"]))}
+        self.by_box = {tuple(round(v, 3) for v in a["bbox"]): index[a["category_id"]]
+                       for a in val["annotations"]}  # fmt: skip
+        self.text, self.constant = text, constant
+        self.seen_shapes = []
+
+    def forward(self, images, features=None, boxes=(), box_features=None):
+        self.seen_shapes.append(tuple(images.shape))
+        (b,) = boxes
+        rows = []
+        for x0, y0, x1, y1 in b.tolist():
+            key = tuple(round(v, 3) for v in (x0, y0, x1 - x0, y1 - y0))
+            rows.append(self.constant if self.constant is not None else self.by_box[key])
+        return self.text[rows]
+
+
+def test_a_scorer_that_names_every_box_scores_100_and_a_constant_one_its_class_share(dataset):
+    root, val = dataset
+    k = len(val["categories"])
+    text = F.normalize(torch.randn(k, 16, generator=torch.Generator().manual_seed(0)), dim=-1)
+    right = BoxLookupScorer(val, text)
+    acc = region_zero_shot_accuracy(root, text, right)
+    assert acc["all"] == 100.0 and acc["n_all"] == len(val["annotations"])
+    assert right.seen_shapes[0][:2] == (1, 3)  # one whole image at a time
+    first = sorted(val["categories"], key=lambda c: c["id"])[0]
+    share = 100.0 * sum(a["category_id"] == first["id"] for a in val["annotations"])
+    constant = region_zero_shot_accuracy(root, text, BoxLookupScorer(val, text, constant=0))
+    assert constant["all"] == pytest.approx(share / len(val["annotations"]))
+
+
+def test_text_rows_must_match_the_categories(dataset):
+    root, val = dataset
+    text = torch.eye(len(val["categories"]) - 1, 8)
+    with pytest.raises(ValueError, match="text embeddings"):
+        region_zero_shot_accuracy(root, text, BoxLookupScorer(val, text))
+
+
+def test_a_method_without_a_tower_scorer_is_refused(dataset):
+    root, _ = dataset
+    cfg = get_ovdet_cfg(
+        os.path.join(os.path.dirname(__file__), "..", "configs", "synthetic", "vild.yaml")
+    )
+    with pytest.raises(ValueError, match="not a CLIP tower scorer"):
+        method_region_zero_shot(cfg, root)
+
+
+def test_the_script_scores_a_config_as_its_scorer_by_name(dataset, tmp_path, one_torch_thread):
+    """benchmarks/region_zero_shot.py: the scorer of configs/synthetic/fvlm.yaml (attnpool, as the
+    detector builds it) gives the same figure as the attnpool scorer by name on the checkpoint."""
+    from benchmarks.region_zero_shot import main
+    from ovdet_plugin.clip import build_clip_model
+
+    root, _ = dataset
+    torch.manual_seed(0)
+    path = str(tmp_path / "rn.pt")
+    torch.save(build_clip_model("ovdet-tiny-rn64").state_dict(), path)
+    config = os.path.join(os.path.dirname(__file__), "..", "configs", "synthetic", "fvlm.yaml")
+    by_config = main(["--dataset", root, "--config-file", config,
+                      "MODEL.OVD.CLIP.PRETRAINED", path])  # fmt: skip
+    by_name = main(["--dataset", root, "--checkpoint", path, "--scorer", "attnpool",
+                    "--model-name", "ovdet-tiny-rn64"])  # fmt: skip
+    assert by_config["n_all"] == by_name["n_all"] > 0
+    assert by_config["all"] == pytest.approx(by_name["all"])
