@@ -322,6 +322,7 @@ def test_ablation_table_mean_and_spread(tmp_path):
     fvlm = table["headline"]["fvlm"]
     assert fvlm["region_r"]["mean"] == pytest.approx(30.0) and fvlm["region_scorer"] == "avgpool"
     assert "F-VLM (avgpool) rare 30.0 ± 8.2, all 15.0 ± 4.1" in format_ablations_markdown(table)
+    assert not any("CLIPSelf: dense region" in c["claim"] for c in table["claims"])  # no rows
     assert fvlm["seeds"] == [0, 1, 2]
     assert fvlm["AP"]["mean"] == pytest.approx(20.0)
     assert fvlm["AP"]["std"] == pytest.approx((200 / 3) ** 0.5)
@@ -352,8 +353,15 @@ def test_ablation_claims_compare_means_against_the_spread(tmp_path):
     _fake_results(tmp_path / "ablations" / "seed2", list(METHODS) + ablations, 12.0, 40.0)
     table = collect_ablations(str(tmp_path), (0, 1, 2))
     assert table["headline"]["vild_text"]["seeds"] == [0, 1, 2]
-    # seed 0 has no region figure: no region mean over a part of the seeds
+    # seed 0 has no region figure: no region mean over a part of the seeds, no region claim
     assert "region_r" not in table["headline"]["fvlm"]
+    assert not any("region" in c["claim"] for c in table["claims"])
+    # with it: CLIPSelf's dense region claim, F-ViT (region 10, 30, 40) vs without (5, 30, 40)
+    _fake_results(tmp_path, list(METHODS), 10.0, 10.0)
+    _fake_results(tmp_path / "ablations" / "methods", ablations, 4.0, 5.0)
+    region = {c["claim"]: c for c in collect_ablations(str(tmp_path), (0, 1, 2))["claims"]}
+    dense = region["CLIPSelf: dense region zero-shot rare with > without"]
+    assert dense["diff"] == pytest.approx(5 / 3) and not dense["holds"]
     assert table["headline"]["vild_text"]["APr"]["mean"] == pytest.approx(27 / 6)
     claims = {c["claim"]: c for c in table["claims"]}
     # ViLD APr 5, 5.5, 6 vs ViLD-text 2, 5.5, 6: difference 1.0 < the stds (0.41 + 1.78)

@@ -403,6 +403,7 @@ class SyntheticBenchmark:
         self.timings: Dict[str, float] = {}
         self._step_index = 0
         self._step_lock = threading.Lock()
+        self._in_process_lock = threading.Lock()  # model work in this process (region zero-shot)
         self._num_steps = (
             2  # data, pictures
             + len(self._clip_names)
@@ -863,12 +864,13 @@ class SyntheticBenchmark:
         from ovdet_plugin.evaluation.region_zero_shot import method_region_zero_shot
 
         cfg = get_ovdet_cfg(os.path.join(CONFIG_DIR, method.config), list(opts))
-        threads = torch.get_num_threads()
-        torch.set_num_threads(self.threads)
-        try:
-            acc = method_region_zero_shot(cfg, self.data_dir)
-        finally:
-            torch.set_num_threads(threads)
+        with self._in_process_lock:  # torch's thread count is per process: one user at a time
+            threads = torch.get_num_threads()
+            torch.set_num_threads(self.threads)
+            try:
+                acc = method_region_zero_shot(cfg, self.data_dir)
+            finally:
+                torch.set_num_threads(threads)
         self.log(
             f"    {method.title}: region zero-shot ({cfg.MODEL.OVD.VLM_SCORER.NAME}, val boxes "
             f"inside whole images): rare {acc['r']:.1f}%, all {acc['all']:.1f}%"
