@@ -236,7 +236,8 @@ def test_unknown_method_is_refused():
 
 def test_training_steps_wait_for_their_inputs_and_keep_both_cores_busy(tmp_path):
     """_train_steps with the steps replaced by sleeps: each starts after what it needs, at most
-    ``jobs`` at once, and CLIPSelf runs beside the F-VLM detector instead of before it."""
+    ``jobs`` at once; the F-VLM detector and RO-ViT start first, CLIPSelf before ViLD's
+    targets, the oracle last (the order that ended a timed demo's training earliest)."""
     import threading
 
     bench = SyntheticBenchmark(tmp_path / "out", SIZES["smoke"], jobs=2, log=lambda s: None)
@@ -265,7 +266,10 @@ def test_training_steps_wait_for_their_inputs_and_keep_both_cores_busy(tmp_path)
     done = bench._train_steps({"vit": {"path": "clip.pt"}, "rn": {"path": "rn.pt"}})
     assert set(done) == set(METHODS) | {"clipself", "vild_embeddings"}
     assert peak[0] == 2
-    assert events[:2] == [("start", "fvlm"), ("start", "clipself")]
+    assert events[:2] == [("start", "fvlm"), ("start", "rovit")]
+    assert events.index(("start", "clipself")) < events.index(("start", "vild_embeddings"))
+    starts = [name for kind, name in events if kind == "start"]
+    assert starts[-1] == "fvlm_oracle"  # the oracle last
 
     def finished_before_started(first, then):
         return events.index(("end", first)) < events.index(("start", then))

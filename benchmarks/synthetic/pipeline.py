@@ -710,29 +710,31 @@ class SyntheticBenchmark:
         time (one torch thread each). A step starts once what it needs is done: the methods on
         CLIPSelf's export wait for CLIPSelf, ViLD's targets for the F-VLM detector (its RPN gives
         the proposals), the ViLD methods for the targets. Ready steps start in this order: the
-        F-VLM detector and CLIPSelf (the two others wait for), the other detectors, ViLD's targets
-        and ViLD, the oracle last. With the default size's step times this keeps both cores busy
-        to the end; starting the longest chain (F-VLM -> targets -> ViLD) first left one core idle
-        for the last oracle run (benchmarks/RESULTS.md, "make demo in 15 minutes"). Returns step
-        name -> record."""
+        F-VLM detector (ViLD's chain waits for it) and the detectors that need nothing (RO-ViT),
+        then CLIPSelf and the detectors on its export (F-ViT), ViLD's targets and ViLD, the
+        oracle last. With the default size's step times of two timed runs (860 and 912 s of
+        steps) this order ends the training steps 16 and 21 s earlier than starting CLIPSelf
+        beside F-VLM, which left one core idle for the last 83-98 s (benchmarks/RESULTS.md,
+        sixth session). Returns step name -> record."""
         from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
         steps: Dict[str, tuple] = {}  # name -> (start rank, steps it needs, run(done) -> record)
         if self._needs_clipself:
-            steps["clipself"] = (0, [], lambda done: self._clipself_step(clips["vit"]))
+            steps["clipself"] = (2, [], lambda done: self._clipself_step(clips["vit"]))
         for m in self.methods:
             if not m.vild:
-                needs = ["clipself"] if m.backbone == "clipself" else []
-                rank = 0 if m.key == "fvlm" else 3 if m.oracle else 1
+                on_clipself = m.backbone == "clipself"
+                needs = ["clipself"] if on_clipself else []
+                rank = 0 if m.key == "fvlm" else 5 if m.oracle else 3 if on_clipself else 1
                 steps[m.key] = (rank, needs, self._detector_runner(m, clips))
         if any(m.vild for m in self.methods):
             embed = lambda done: self._vild_step(clips, done["fvlm"])  # noqa: E731
-            steps["vild_embeddings"] = (2, ["fvlm"], embed)
+            steps["vild_embeddings"] = (4, ["fvlm"], embed)
             for m in self.methods:
                 if m.vild:
-                    steps[m.key] = (2, ["vild_embeddings"], self._detector_runner(m, clips))
-        # rank, then F-VLM before CLIPSelf, then the methods' listed order (sorted is stable)
-        order = sorted(steps, key=lambda name: (steps[name][0], name != "fvlm"))
+                    steps[m.key] = (4, ["vild_embeddings"], self._detector_runner(m, clips))
+        # rank, then the methods' listed order (sorted is stable)
+        order = sorted(steps, key=lambda name: steps[name][0])
         done: Dict[str, Dict] = {}
         running: Dict = {}  # future -> step name
         with ThreadPoolExecutor(max_workers=self.jobs) as pool:
