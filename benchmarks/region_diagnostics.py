@@ -16,52 +16,17 @@ region scorer (F-VLM's and RO-ViT's, methods §2.3) on a generated dataset's val
 """
 
 import argparse
-import json
-import os
-from collections import defaultdict
 
-import cv2
 import torch
 import torch.nn.functional as F
 
 from ovdet_plugin.clip import build_clip_model, clip_image_size, get_clip_tokenizer
-from ovdet_plugin.clip.crops import normalize_for_clip, uint8_to_unit
+from ovdet_plugin.clip.crops import normalize_for_clip
 from ovdet_plugin.clip.dense import DenseCLIPViT
 from ovdet_plugin.clip.text_embeddings import encode_vocabulary
+from ovdet_plugin.evaluation.region_zero_shot import region_zero_shot_accuracy
 from ovdet_plugin.evaluation.zero_shot_crops import load_crops
 from ovdet_plugin.modeling.vlm_scorers import AvgPoolRegionScorer
-
-
-@torch.no_grad()
-def region_accuracy_at_scale(dataset_dir, model, text, scorer, scale: float) -> float:
-    """Top-1 (%) of every val box scored in its image resized by ``scale`` (side rounded to the
-    patch size 8)."""
-    with open(os.path.join(dataset_dir, "val.json"), encoding="utf-8") as f:
-        data = json.load(f)
-    ids = [c["id"] for c in sorted(data["categories"], key=lambda c: c["id"])]
-    by_image = defaultdict(list)
-    for a in data["annotations"]:
-        by_image[a["image_id"]].append(a)
-    hits = total = 0
-    for img in data["images"]:
-        anns = by_image[img["id"]]
-        if not anns:
-            continue
-        rgb = cv2.cvtColor(
-            cv2.imread(os.path.join(dataset_dir, img["file_name"])), cv2.COLOR_BGR2RGB
-        )
-        side = int(round(img["width"] * scale / 8)) * 8
-        interp = cv2.INTER_AREA if side < img["width"] else cv2.INTER_LINEAR
-        x = normalize_for_clip(
-            uint8_to_unit(cv2.resize(rgb, (side, side), interpolation=interp)[None])
-        )
-        f = side / img["width"]
-        boxes = torch.tensor([[b[0] * f, b[1] * f, (b[0] + b[2]) * f, (b[1] + b[3]) * f]
-                              for b in (a["bbox"] for a in anns)])  # fmt: skip
-        pred = (scorer(x, boxes=boxes) @ text.t()).argmax(1).tolist()
-        hits += sum(ids[p] == a["category_id"] for p, a in zip(pred, anns))
-        total += len(anns)
-    return 100.0 * hits / total
 
 
 class LocalTowerScorer(AvgPoolRegionScorer):
@@ -134,7 +99,7 @@ def main(argv=None):
     text = encode_vocabulary(model, tokenizer, names, prompts="single", show_progress=False)
     scorer = AvgPoolRegionScorer(model.visual, pooler_resolution=4)
     for scale in args.scales:
-        acc = region_accuracy_at_scale(args.dataset, model, text, scorer, scale)
+        acc = region_zero_shot_accuracy(args.dataset, text, scorer, scale=scale)["all"]
         print(f"boxes in the whole image x{scale}: region top-1 {acc:.1f}%")
     for res in args.pooler_resolutions:
         region, image, cos = full_box_check(model, text, crops, res)
@@ -144,7 +109,7 @@ def main(argv=None):
         local = LocalTowerScorer(
             model.visual, variant, clip_image_size(model)[0], pooler_resolution=4
         )
-        acc = region_accuracy_at_scale(args.dataset, model, text, local, 1.0)
+        acc = region_zero_shot_accuracy(args.dataset, text, local)["all"]
         print(f"boxes in the whole image, tower {variant}: region top-1 {acc:.1f}%")
 
 

@@ -14,7 +14,6 @@ VLM's skill does not reach the detector: the fused score cannot help novel class
 """
 
 import argparse
-import json
 import os
 import sys
 
@@ -23,6 +22,7 @@ import torch
 from ovdet_plugin.clip import build_clip_model, get_clip_tokenizer
 from ovdet_plugin.clip.text_embeddings import encode_vocabulary
 from ovdet_plugin.evaluation.region_zero_shot import (
+    category_names,
     method_region_zero_shot,
     region_zero_shot_accuracy,
 )
@@ -40,11 +40,6 @@ SCORERS = {
 }
 
 
-def _category_names(dataset_dir: str, split: str):
-    with open(os.path.join(dataset_dir, f"{split}.json"), encoding="utf-8") as f:
-        return [c["name"] for c in sorted(json.load(f)["categories"], key=lambda c: c["id"])]
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", required=True, help="LVIS-format folder with <split>.json")
@@ -54,6 +49,9 @@ def main(argv=None):
     p.add_argument("--checkpoint", default="", help="open_clip state dict (without a config)")
     p.add_argument("--scorer", default="avgpool", choices=sorted(SCORERS))
     p.add_argument("--pooler-resolution", type=int, default=4)
+    p.add_argument(
+        "--scale", type=float, default=1.0, help="a probe: resize each image and its boxes first"
+    )
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides (with a config)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -61,20 +59,24 @@ def main(argv=None):
         from ovdet_plugin.config import get_ovdet_cfg
 
         cfg = get_ovdet_cfg(args.config_file, args.opts)
-        acc = method_region_zero_shot(cfg, args.dataset, args.split)
+        acc = method_region_zero_shot(cfg, args.dataset, args.split, scale=args.scale)
         label = f"{cfg.MODEL.OVD.VLM_SCORER.NAME} ({os.path.basename(args.config_file)})"
     else:
         if not args.checkpoint:
             p.error("give --checkpoint (with --scorer), or --config-file")
         model = build_clip_model(args.model_name, args.checkpoint).eval()
         text = encode_vocabulary(
-            model, get_clip_tokenizer(args.model_name), _category_names(args.dataset, args.split),
+            model, get_clip_tokenizer(args.model_name), category_names(args.dataset, args.split),
             prompts="single",
         )  # fmt: skip
         res = args.pooler_resolution if args.scorer == "avgpool" else 0
         scorer = SCORERS[args.scorer](model.visual, pooler_resolution=res).eval()
-        acc = region_zero_shot_accuracy(args.dataset, text, scorer, split=args.split)
+        acc = region_zero_shot_accuracy(
+            args.dataset, text, scorer, split=args.split, scale=args.scale
+        )
         label = f"{args.scorer} {os.path.basename(args.checkpoint)}"
+    if args.scale != 1.0:
+        label += f", images x{args.scale:g}"
     print(f"{label}: {format_accuracy(acc)}")
     return acc
 

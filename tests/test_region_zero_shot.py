@@ -93,3 +93,28 @@ def test_the_script_scores_a_config_as_its_scorer_by_name(dataset, tmp_path, one
                     "--model-name", "ovdet-tiny-rn64"])  # fmt: skip
     assert by_config["n_all"] == by_name["n_all"] > 0
     assert by_config["all"] == pytest.approx(by_name["all"])
+
+
+def test_scale_resizes_each_image_and_its_boxes_alike(dataset):
+    """The scale probe: images resized (sides rounded to the divisibility), boxes by the same
+    factors."""
+    root, val = dataset
+    text = torch.eye(len(val["categories"]), 8)
+
+    class Recorder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.calls = []
+
+        def forward(self, images, features=None, boxes=()):
+            self.calls.append((tuple(images.shape), boxes[0].clone()))
+            return text[[0] * len(boxes[0])]
+
+    plain, scaled = Recorder(), Recorder()
+    region_zero_shot_accuracy(root, text, plain)
+    region_zero_shot_accuracy(root, text, scaled, scale=1.25, size_divisibility=32)
+    assert len(plain.calls) == len(scaled.calls) > 0
+    for (shape, boxes), (shape2, boxes2) in zip(plain.calls, scaled.calls):
+        side = round(shape[-1] * 1.25 / 32) * 32  # 128 -> 160
+        assert shape2 == (1, 3, side, side)
+        torch.testing.assert_close(boxes2, boxes * side / shape[-1])

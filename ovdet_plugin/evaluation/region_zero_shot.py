@@ -19,7 +19,19 @@ import torch
 
 from .zero_shot_crops import group_accuracy
 
-__all__ = ["method_region_zero_shot", "region_zero_shot_accuracy"]
+__all__ = ["category_names", "method_region_zero_shot", "region_zero_shot_accuracy"]
+
+
+def _load_split(dataset_dir: str, split: str):
+    """(the split's json, its categories in ascending id order)."""
+    with open(os.path.join(dataset_dir, f"{split}.json"), encoding="utf-8") as f:
+        data = json.load(f)
+    return data, sorted(data["categories"], key=lambda c: c["id"])
+
+
+def category_names(dataset_dir: str, split: str = "val"):
+    """The split's category names in ascending id order: the text rows the accuracy expects."""
+    return [c["name"] for c in _load_split(dataset_dir, split)[1]]
 
 
 @torch.no_grad()
@@ -31,6 +43,8 @@ def region_zero_shot_accuracy(
     split: str = "val",
     pixel_mean=None,
     pixel_std=None,
+    scale: float = 1.0,
+    size_divisibility: int = 8,
 ) -> Dict[str, float]:
     """Accuracy (%) per frequency group, as :func:`group_accuracy` returns it, of the scorer's
     embeddings of every ground-truth box of ``<dataset_dir>/<split>.json``.
@@ -43,12 +57,12 @@ def region_zero_shot_accuracy(
             ``scorer(images, boxes=[(R, 4) xyxy])`` on one (1, 3, H, W) image at a time.
         pixel_mean, pixel_std: RGB, 0-255 scale (the detector's ``MODEL.PIXEL_MEAN / STD``);
             default CLIP's.
+        scale: a probe: each image and its boxes resized by this factor first (sides rounded to
+            ``size_divisibility``; area interpolation down, bilinear up). 1.0: as they are.
     """
     from ..clip import CLIP_PIXEL_MEAN, CLIP_PIXEL_STD
 
-    with open(os.path.join(dataset_dir, f"{split}.json"), encoding="utf-8") as f:
-        data = json.load(f)
-    cats = sorted(data["categories"], key=lambda c: c["id"])
+    data, cats = _load_split(dataset_dir, split)
     if text_embeddings.shape[0] != len(cats):
         raise ValueError(
             f"{len(cats)} categories in {split}.json but {text_embeddings.shape[0]} text "
@@ -69,23 +83,40 @@ def region_zero_shot_accuracy(
         bgr = cv2.imread(path, cv2.IMREAD_COLOR)
         if bgr is None:
             raise ValueError(f"Cannot read image {path} (missing or corrupt)")
-        x = torch.from_numpy(bgr[:, :, ::-1].copy()).permute(2, 0, 1).float()
-        x = ((x - mean) / std)[None]
         boxes = torch.tensor(
             [[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
              for a in anns], dtype=torch.float32,
         )  # fmt: skip
+        if scale != 1.0:
+            bgr, factors = _resize(bgr, scale, size_divisibility)
+            boxes = boxes * torch.tensor(factors * 2, dtype=torch.float32)
+        x = torch.from_numpy(bgr[:, :, ::-1].copy()).permute(2, 0, 1).float()
+        x = ((x - mean) / std)[None]
         scores = scorer(x, boxes=[boxes]) @ text_embeddings.t()
         predicted += [cats[i]["id"] for i in scores.argmax(1).tolist()]
         true += [a["category_id"] for a in anns]
     return group_accuracy(predicted, true, [frequency[c] for c in true])
 
 
-def method_region_zero_shot(cfg, dataset_dir: str, split: str = "val") -> Dict[str, float]:
+def _resize(image, scale: float, divisibility: int):
+    """``image`` (H, W, C) resized by ``scale``, sides rounded to ``divisibility``; returns it and
+    the (x, y) factors applied."""
+    h, w = image.shape[:2]
+    new_w = int(round(w * scale / divisibility)) * divisibility
+    new_h = int(round(h * scale / divisibility)) * divisibility
+    interp = cv2.INTER_AREA if new_w < w else cv2.INTER_LINEAR
+    return cv2.resize(image, (new_w, new_h), interpolation=interp), (new_w / w, new_h / h)
+
+
+def method_region_zero_shot(
+    cfg, dataset_dir: str, split: str = "val", scale: float = 1.0
+) -> Dict[str, float]:
     """:func:`region_zero_shot_accuracy` of the region scorer a detector config fuses
     (``MODEL.OVD.VLM_SCORER``), on the tower the detector's backbone loads
     (``MODEL.OVD.BACKBONE.PRETRAINED``, else ``MODEL.OVD.CLIP.PRETRAINED``), against the text
-    embeddings of ``MODEL.OVD.CLIP`` with the config's prompts.
+    embeddings of ``MODEL.OVD.CLIP`` with the config's prompts. ``scale``: as in
+    :func:`region_zero_shot_accuracy`, sides rounded to the scorer's tower stride (a probe of
+    the scorer; the config's INPUT sizes are not applied).
 
     Raises:
         ValueError: the config names no tower scorer ("" or ViLD's ``vild_image`` branch, which
@@ -104,8 +135,7 @@ def method_region_zero_shot(cfg, dataset_dir: str, split: str = "val") -> Dict[s
             "needs 'attnpool', 'dense' or 'avgpool'."
         )
     scorer = build_vlm_scorer(cfg).eval()
-    with open(os.path.join(dataset_dir, f"{split}.json"), encoding="utf-8") as f:
-        names = [c["name"] for c in sorted(json.load(f)["categories"], key=lambda c: c["id"])]
+    names = category_names(dataset_dir, split)
     clip = build_clip_model(cfg.MODEL.OVD.CLIP.MODEL_NAME, cfg.MODEL.OVD.CLIP.PRETRAINED).eval()
     tokenizer = get_clip_tokenizer(cfg.MODEL.OVD.CLIP.MODEL_NAME)
     text = encode_vocabulary(
@@ -118,4 +148,6 @@ def method_region_zero_shot(cfg, dataset_dir: str, split: str = "val") -> Dict[s
         split=split,
         pixel_mean=list(cfg.MODEL.PIXEL_MEAN),
         pixel_std=list(cfg.MODEL.PIXEL_STD),
+        scale=scale,
+        size_divisibility=scorer.tower_stride,
     )
