@@ -118,3 +118,19 @@ def test_scale_resizes_each_image_and_its_boxes_alike(dataset):
         side = round(shape[-1] * 1.25 / 32) * 32  # 128 -> 160
         assert shape2 == (1, 3, side, side)
         torch.testing.assert_close(boxes2, boxes * side / shape[-1])
+
+
+def test_an_unreadable_image_and_a_bgr_config_are_refused(dataset, tmp_path):
+    import shutil
+
+    root, val = dataset
+    broken = tmp_path / "broken"
+    shutil.copytree(root, broken)
+    (broken / val["images"][0]["file_name"]).write_bytes(b"not a png")
+    text = torch.eye(len(val["categories"]), 8)
+    with pytest.raises(ValueError, match="Cannot read image .*missing or corrupt"):
+        region_zero_shot_accuracy(str(broken), text, BoxLookupScorer(val, text))
+    config = os.path.join(os.path.dirname(__file__), "..", "configs", "synthetic", "fvlm.yaml")
+    cfg = get_ovdet_cfg(config, ["INPUT.FORMAT", "BGR"])
+    with pytest.raises(ValueError, match="reads RGB images"):
+        method_region_zero_shot(cfg, root)
