@@ -81,3 +81,26 @@ def test_fused_optimizer_takes_the_same_steps(name):
         params[fused] = [p.detach().clone() for p in model.parameters()]
     for a, b in zip(params[False], params[True]):
         torch.testing.assert_close(a, b)
+
+
+def test_detection_optimizers_built_in_turn_do_not_share_overrides():
+    """Detectron2 writes its bias overrides into the dict it is given. The module-level
+    temperature overrides were passed as is, so the second optimizer built in one process from a
+    config with WEIGHT_DECAY_BIAS raised "Conflicting overrides for 'bias'" (seen in
+    benchmarks/gpu_check.py on the ViLD configs), and one built after it without that key
+    inherited the first one's bias weight decay."""
+    model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
+    with_bias_rule = get_ovdet_cfg(
+        "configs/test/tiny_fvlm.yaml", ["SOLVER.WEIGHT_DECAY_BIAS", "0.0"]
+    )
+    plain = get_ovdet_cfg("configs/test/tiny_fvlm.yaml")
+    assert plain.SOLVER.WEIGHT_DECAY_BIAS is None and plain.SOLVER.WEIGHT_DECAY > 0
+
+    def bias_decays(cfg):
+        opt = build_ovdet_optimizer(cfg, model, optimizer="SGD")
+        decay = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+        return {decay[id(m.bias)] for m in model}
+
+    assert bias_decays(with_bias_rule) == {0.0}
+    assert bias_decays(with_bias_rule) == {0.0}  # the second build used to raise
+    assert bias_decays(plain) == {plain.SOLVER.WEIGHT_DECAY}  # used to inherit 0.0

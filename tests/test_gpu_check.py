@@ -37,6 +37,8 @@ def test_paper_config_keeps_its_input_size_and_loses_syncbn():
     cfg = tool.build_cfg("configs/lvis/vild_R50_FPN.yaml", "cpu", tiny=False)
     assert tool.train_size(cfg) == (1024, 1024)  # large-scale jitter output
     assert cfg.MODEL.RESNETS.NORM == "BN" and cfg.MODEL.OVD.CLIP.PRETRAINED == ""
+    # the paper's 0.32 for 256 images, scaled to the check's 2 (unscaled, F-VLM's rate gave NaN)
+    assert cfg.SOLVER.BASE_LR == pytest.approx(0.32 * 2 / 256) and cfg.SOLVER.IMS_PER_BATCH == 2
 
 
 def test_tiny_cpu_run_writes_the_table(tmp_path, one_torch_thread):

@@ -52,7 +52,10 @@ def detection_param_groups(cfg, model: nn.Module) -> List[Dict]:
         bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
         weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
         lr_factor_func=lr_factor_func,
-        overrides=_NO_DECAY,
+        # a fresh copy: Detectron2 adds its "bias" entry to the dict it is given, and a shared one
+        # then leaks that entry into the next optimizer built in the process (or makes it raise
+        # "Conflicting overrides for 'bias'"), as the GPU check's second build of a ViLD config did
+        overrides={name: dict(values) for name, values in _NO_DECAY.items()},
     )
 
 
