@@ -89,8 +89,9 @@ def test_the_script_scores_a_config_as_its_scorer_by_name(dataset, tmp_path, one
     config = os.path.join(os.path.dirname(__file__), "..", "configs", "synthetic", "fvlm.yaml")
     by_config = main(["--dataset", root, "--config-file", config,
                       "MODEL.OVD.CLIP.PRETRAINED", path])  # fmt: skip
+    # the config's test input is 160 px: the same images at 1.25x (the fixture's are 128 px)
     by_name = main(["--dataset", root, "--checkpoint", path, "--scorer", "attnpool",
-                    "--model-name", "ovdet-tiny-rn64"])  # fmt: skip
+                    "--model-name", "ovdet-tiny-rn64", "--scale", "1.25"])  # fmt: skip
     assert by_config["n_all"] == by_name["n_all"] > 0
     assert by_config["all"] == pytest.approx(by_name["all"])
 
@@ -118,6 +119,37 @@ def test_scale_resizes_each_image_and_its_boxes_alike(dataset):
         side = round(shape[-1] * 1.25 / 32) * 32  # 128 -> 160
         assert shape2 == (1, 3, side, side)
         torch.testing.assert_close(boxes2, boxes * side / shape[-1])
+
+
+def test_test_size_resizes_as_the_detectors_shortest_edge_resize(dataset):
+    """``test_size`` (a config's INPUT.MIN/MAX_SIZE_TEST) scales each image as Detectron2's
+    ResizeShortestEdge does, then by ``scale``; (128, 128) leaves the 128-px images as they are."""
+    from detectron2.data.transforms import ResizeShortestEdge
+
+    root, val = dataset
+    text = torch.eye(len(val["categories"]), 8)
+    shapes = {}
+    for name, kwargs in {
+        "own": {},
+        "same": {"test_size": (128, 128)},
+        "160": {"test_size": (160, 160)},
+        "capped": {"test_size": (200, 160)},  # the long-side cap wins
+        "160x1.2": {"test_size": (160, 160), "scale": 1.2},
+    }.items():
+        calls = []
+
+        def scorer(images, features=None, boxes=(), calls=calls):
+            calls.append(tuple(images.shape[-2:]))
+            return text[[0] * len(boxes[0])]
+
+        region_zero_shot_accuracy(root, text, scorer, size_divisibility=32, **kwargs)
+        shapes[name] = calls
+    h, w = shapes["own"][0]
+    assert shapes["same"] == shapes["own"]
+    resize = ResizeShortestEdge(160, max_size=160)
+    assert shapes["160"][0] == resize.get_output_shape(h, w, 160, 160) == (160, 160)
+    assert shapes["capped"] == shapes["160"]
+    assert shapes["160x1.2"][0] == (192, 192)  # 128 * 1.25 * 1.2
 
 
 def test_an_unreadable_image_and_a_bgr_config_are_refused(dataset, tmp_path):

@@ -432,3 +432,19 @@ def test_missing_shipped_checkpoint_and_unknown_variant_are_refused(tmp_path, mo
     bench = SyntheticBenchmark(tmp_path / "out", SIZES["smoke"], log=lambda s: None)
     with pytest.raises(FileNotFoundError, match="--from-scratch"):
         bench.run()
+
+
+def test_detector_iterations_follow_each_configs_own_length():
+    """fvlm.yaml trains at 160 px for 1000 iterations (the time of 1200 at 128 px): the benchmark
+    scales each size's detector length by the config's own SOLVER.MAX_ITER, so the default run
+    keeps that ratio and the smoke run stays tiny."""
+    from benchmarks.synthetic.pipeline import SIZES, detector_iters
+    from ovdet_plugin.config import get_ovdet_cfg
+
+    fvlm = get_ovdet_cfg(os.path.join(REPO_ROOT, "configs", "synthetic", "fvlm.yaml"))
+    assert fvlm.INPUT.MIN_SIZE_TRAIN == (160,) and fvlm.INPUT.MIN_SIZE_TEST == 160
+    assert detector_iters("fvlm.yaml", SIZES["default"]) == fvlm.SOLVER.MAX_ITER == 1000
+    for config in ("vild.yaml", "fvit_clipself.yaml", "rovit.yaml"):
+        assert detector_iters(config, SIZES["default"]) == 1200
+        assert detector_iters(config, SIZES["smoke"]) == SIZES["smoke"].detector_iters
+    assert 1 <= detector_iters("fvlm.yaml", SIZES["smoke"]) < SIZES["smoke"].detector_iters

@@ -74,6 +74,7 @@ __all__ = [
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG_DIR = os.path.join(REPO_ROOT, "configs", "synthetic")
+BASE_DETECTOR_ITERS = 1200  # SOLVER.MAX_ITER of configs/synthetic/Base-Synthetic.yaml
 # The tiny CLIPs' pretraining recipes (tools/pretrain_rovit.py), used by ``from_scratch``: the
 # ViT (F-ViT, RO-ViT) and the ResNet (F-VLM, ViLD).
 PRETRAIN_CONFIG = os.path.join(REPO_ROOT, "configs", "pretraining", "tiny_synthetic.yaml")
@@ -157,6 +158,9 @@ class BenchmarkSize:
     pretrain_lr: float = 2e-3
     clipself_iters: int = 1000
     clipself_batch: int = 16
+    # Iterations of a detector whose config trains Base-Synthetic.yaml's length
+    # (BASE_DETECTOR_ITERS); a config that sets its own SOLVER.MAX_ITER is scaled by the same
+    # factor (fvlm.yaml: 1000 at 160 px, the time of 1200 at 128 px).
     detector_iters: int = 1200
     detector_batch: int = 4
     vild_proposals: int = 50
@@ -304,6 +308,15 @@ def _config_digest(name: str) -> str:
         )  # fmt: skip
         path = os.path.normpath(os.path.join(os.path.dirname(path), base)) if base else ""
     return h.hexdigest()[:16]
+
+
+def detector_iters(config: str, size: BenchmarkSize) -> int:
+    """Training iterations of a method's detector at ``size``: ``size.detector_iters`` scaled by
+    the config's own length (its SOLVER.MAX_ITER over BASE_DETECTOR_ITERS), at least 1."""
+    from ovdet_plugin.config import get_ovdet_cfg
+
+    own = get_ovdet_cfg(os.path.join(CONFIG_DIR, config)).SOLVER.MAX_ITER
+    return max(1, round(size.detector_iters * own / BASE_DETECTOR_ITERS))
 
 
 def _write_json(path: str, obj) -> None:
@@ -792,11 +805,12 @@ class SyntheticBenchmark:
         self, method: Method, clips: Dict[str, Dict], clipself: Optional[Dict], vild_dir: str
     ):
         s = self.size
+        iters = detector_iters(method.config, s)
         opts = [
             "MODEL.OVD.CLIP.PRETRAINED", clips[method.clip]["path"],
-            "SOLVER.MAX_ITER", str(s.detector_iters),
-            "SOLVER.STEPS", f"({int(s.detector_iters * 0.8)},)",
-            "SOLVER.WARMUP_ITERS", str(min(50, s.detector_iters)),
+            "SOLVER.MAX_ITER", str(iters),
+            "SOLVER.STEPS", f"({int(iters * 0.8)},)",
+            "SOLVER.WARMUP_ITERS", str(min(50, iters)),
             "SOLVER.IMS_PER_BATCH", str(s.detector_batch),
             "SEED", str(self.seed),
         ]  # fmt: skip

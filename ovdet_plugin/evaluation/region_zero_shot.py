@@ -12,7 +12,7 @@ pooler resolution) and its text classifier's CLIP, as the detector does at test 
 import json
 import os
 from collections import defaultdict
-from typing import Dict
+from typing import Dict, Optional, Tuple
 
 import cv2
 import torch
@@ -44,6 +44,7 @@ def region_zero_shot_accuracy(
     pixel_mean=None,
     pixel_std=None,
     scale: float = 1.0,
+    test_size: Optional[Tuple[int, int]] = None,
     size_divisibility: int = 8,
 ) -> Dict[str, float]:
     """Accuracy (%) per frequency group, as :func:`group_accuracy` returns it, of the scorer's
@@ -59,6 +60,9 @@ def region_zero_shot_accuracy(
             default CLIP's.
         scale: a probe: each image and its boxes resized by this factor first (sides rounded to
             ``size_divisibility``; area interpolation down, bilinear up). 1.0: as they are.
+        test_size: (short, long) of a detector's test resize (``INPUT.MIN_SIZE_TEST``,
+            ``MAX_SIZE_TEST``): each image is first scaled as Detectron2's
+            ``ResizeShortestEdge`` scales it, then by ``scale``. None: its own size.
     """
     from ..clip import CLIP_PIXEL_MEAN, CLIP_PIXEL_STD
 
@@ -87,8 +91,9 @@ def region_zero_shot_accuracy(
             [[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
              for a in anns], dtype=torch.float32,
         )  # fmt: skip
-        if scale != 1.0:
-            bgr, factors = _resize(bgr, scale, size_divisibility)
+        factor = scale * (_test_scale(bgr.shape[:2], test_size) if test_size else 1.0)
+        if factor != 1.0:
+            bgr, factors = _resize(bgr, factor, size_divisibility)
             boxes = boxes * torch.tensor(factors * 2, dtype=torch.float32)
         x = torch.from_numpy(bgr[:, :, ::-1].copy()).permute(2, 0, 1).float()
         x = ((x - mean) / std)[None]
@@ -96,6 +101,13 @@ def region_zero_shot_accuracy(
         predicted += [cats[i]["id"] for i in scores.argmax(1).tolist()]
         true += [a["category_id"] for a in anns]
     return group_accuracy(predicted, true, [frequency[c] for c in true])
+
+
+def _test_scale(hw, test_size: Tuple[int, int]) -> float:
+    """The factor ``ResizeShortestEdge(short, max_size=long)`` applies to an (H, W) image."""
+    short, long_ = test_size
+    factor = short / min(hw)
+    return min(factor, long_ / max(hw)) if long_ > 0 else factor
 
 
 def _resize(image, scale: float, divisibility: int):
@@ -114,9 +126,10 @@ def method_region_zero_shot(
     """:func:`region_zero_shot_accuracy` of the region scorer a detector config fuses
     (``MODEL.OVD.VLM_SCORER``), on the tower the detector's backbone loads
     (``MODEL.OVD.BACKBONE.PRETRAINED``, else ``MODEL.OVD.CLIP.PRETRAINED``), against the text
-    embeddings of ``MODEL.OVD.CLIP`` with the config's prompts. ``scale``: as in
-    :func:`region_zero_shot_accuracy`, sides rounded to the scorer's tower stride (a probe of
-    the scorer; the config's INPUT sizes are not applied).
+    embeddings of ``MODEL.OVD.CLIP`` with the config's prompts, on the images resized as the
+    detector's test input (``INPUT.MIN_SIZE_TEST`` / ``MAX_SIZE_TEST``). ``scale``: a probe
+    on top of that, as in :func:`region_zero_shot_accuracy`, sides rounded to the scorer's
+    tower stride.
 
     Raises:
         ValueError: the config names no tower scorer ("" or ViLD's ``vild_image`` branch, which
@@ -149,5 +162,6 @@ def method_region_zero_shot(
         pixel_mean=list(cfg.MODEL.PIXEL_MEAN),
         pixel_std=list(cfg.MODEL.PIXEL_STD),
         scale=scale,
+        test_size=(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST),
         size_divisibility=scorer.tower_stride,
     )
