@@ -6,9 +6,13 @@ VLM's skill does not reach the detector: the fused score cannot help novel class
 
     # a scorer by name on a tiny CLIP checkpoint
     python benchmarks/region_zero_shot.py --dataset DIR --checkpoint tiny_clip.pt --scorer avgpool
-    # the scorer a detector config fuses, as the detector builds it (tower, crop convention)
+    # the scorer a detector config fuses, as the detector builds it (tower, crop convention),
+    # on the images resized to the config's test input (INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST)
     python benchmarks/region_zero_shot.py --dataset DIR --config-file configs/synthetic/fvlm.yaml \
         MODEL.OVD.CLIP.PRETRAINED benchmarks/checkpoints/tiny_clip_rn_synthetic.pt
+
+``--scale S`` resizes each image and its boxes by S on top of that (a probe of the scale the
+scorer works best at).
 
 ``tools/run_synthetic_benchmark.py`` reports the second form for every fused method.
 """
@@ -50,7 +54,10 @@ def main(argv=None):
     p.add_argument("--scorer", default="avgpool", choices=sorted(SCORERS))
     p.add_argument("--pooler-resolution", type=int, default=4)
     p.add_argument(
-        "--scale", type=float, default=1.0, help="a probe: resize each image and its boxes first"
+        "--scale",
+        type=float,
+        default=1.0,
+        help="a probe: resize each image and its boxes (after a config's test resize)",
     )
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides (with a config)")
     args = p.parse_args(argv)
