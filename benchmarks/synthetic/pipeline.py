@@ -43,6 +43,7 @@ reused. Everything is written atomically or into the step folder before ``step.j
 killed run resumes at the step it was in.
 """
 
+import functools
 import hashlib
 import json
 import os
@@ -74,7 +75,7 @@ __all__ = [
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG_DIR = os.path.join(REPO_ROOT, "configs", "synthetic")
-BASE_DETECTOR_ITERS = 1200  # SOLVER.MAX_ITER of configs/synthetic/Base-Synthetic.yaml
+BASE_CONFIG = "Base-Synthetic.yaml"  # every detector config's base: its length is the reference
 # The tiny CLIPs' pretraining recipes (tools/pretrain_rovit.py), used by ``from_scratch``: the
 # ViT (F-ViT, RO-ViT) and the ResNet (F-VLM, ViLD).
 PRETRAIN_CONFIG = os.path.join(REPO_ROOT, "configs", "pretraining", "tiny_synthetic.yaml")
@@ -158,9 +159,9 @@ class BenchmarkSize:
     pretrain_lr: float = 2e-3
     clipself_iters: int = 1000
     clipself_batch: int = 16
-    # Iterations of a detector whose config trains Base-Synthetic.yaml's length
-    # (BASE_DETECTOR_ITERS); a config that sets its own SOLVER.MAX_ITER is scaled by the same
-    # factor (fvlm.yaml: 1000 at 160 px, the time of 1200 at 128 px).
+    # Iterations of a detector whose config trains Base-Synthetic.yaml's length (its
+    # SOLVER.MAX_ITER); a config that sets its own SOLVER.MAX_ITER is scaled by the same factor
+    # (fvlm.yaml: 1000 at 160 px, the time of 1200 at 128 px).
     detector_iters: int = 1200
     detector_batch: int = 4
     vild_proposals: int = 50
@@ -310,13 +311,19 @@ def _config_digest(name: str) -> str:
     return h.hexdigest()[:16]
 
 
-def detector_iters(config: str, size: BenchmarkSize) -> int:
-    """Training iterations of a method's detector at ``size``: ``size.detector_iters`` scaled by
-    the config's own length (its SOLVER.MAX_ITER over BASE_DETECTOR_ITERS), at least 1."""
+@functools.lru_cache(maxsize=None)
+def _config_max_iter(config: str) -> int:
+    """SOLVER.MAX_ITER of a file of configs/synthetic (its _BASE_ chain applied)."""
     from ovdet_plugin.config import get_ovdet_cfg
 
-    own = get_ovdet_cfg(os.path.join(CONFIG_DIR, config)).SOLVER.MAX_ITER
-    return max(1, round(size.detector_iters * own / BASE_DETECTOR_ITERS))
+    return get_ovdet_cfg(os.path.join(CONFIG_DIR, config)).SOLVER.MAX_ITER
+
+
+def detector_iters(config: str, size: BenchmarkSize) -> int:
+    """Training iterations of a method's detector at ``size``: ``size.detector_iters`` scaled by
+    the config's own length (its SOLVER.MAX_ITER over BASE_CONFIG's), at least 1."""
+    ratio = _config_max_iter(config) / _config_max_iter(BASE_CONFIG)
+    return max(1, round(size.detector_iters * ratio))
 
 
 def _write_json(path: str, obj) -> None:

@@ -11,6 +11,7 @@ pooler resolution) and its text classifier's CLIP, as the detector does at test 
 
 import json
 import os
+import sys
 from collections import defaultdict
 from typing import Dict, Optional, Tuple
 
@@ -104,10 +105,13 @@ def region_zero_shot_accuracy(
 
 
 def _test_scale(hw, test_size: Tuple[int, int]) -> float:
-    """The factor ``ResizeShortestEdge(short, max_size=long)`` applies to an (H, W) image."""
+    """The factor ``ResizeShortestEdge(short, max_size=long)`` applies to an (H, W) image (its
+    own rule; a long side <= 0 means no cap)."""
+    from detectron2.data.transforms import ResizeShortestEdge
+
     short, long_ = test_size
-    factor = short / min(hw)
-    return min(factor, long_ / max(hw)) if long_ > 0 else factor
+    new_h, _ = ResizeShortestEdge.get_output_shape(*hw, short, long_ if long_ > 0 else sys.maxsize)
+    return new_h / hw[0]
 
 
 def _resize(image, scale: float, divisibility: int):
