@@ -281,6 +281,38 @@ def test_training_steps_wait_for_their_inputs_and_keep_both_cores_busy(tmp_path)
     assert seen_inputs["vild"][1] == "fvlm/e"
 
 
+def test_the_tiny_clips_are_made_side_by_side_with_two_jobs(tmp_path):
+    """_clip_steps with the steps replaced: with jobs=2 both CLIPs (the two from-scratch
+    pretrainings) must be in progress at once (a barrier both must reach); with jobs=1 one at a
+    time. The records come back in TINY_CLIPS' order either way."""
+    import threading
+
+    both_running = threading.Barrier(2, timeout=30)
+
+    def side_by_side(name):
+        both_running.wait()  # raises BrokenBarrierError if the other never starts
+        return {"name": name}
+
+    bench = SyntheticBenchmark(tmp_path / "a", SIZES["smoke"], jobs=2, log=lambda s: None)
+    bench._clip_step = side_by_side
+    assert bench._clip_steps() == {"vit": {"name": "vit"}, "rn": {"name": "rn"}}
+
+    lock, running, peak = threading.Lock(), [0], [0]
+
+    def one_at_a_time(name):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.05)
+        with lock:
+            running[0] -= 1
+        return {"name": name}
+
+    bench = SyntheticBenchmark(tmp_path / "b", SIZES["smoke"], jobs=1, log=lambda s: None)
+    bench._clip_step = one_at_a_time
+    assert list(bench._clip_steps()) == ["vit", "rn"] and peak[0] == 1
+
+
 def test_a_failed_training_step_stops_the_run(tmp_path):
     bench = SyntheticBenchmark(tmp_path / "out", SIZES["smoke"], jobs=2, log=lambda s: None)
     bench._clipself_step = lambda clip: {"path": "cs.pt"}

@@ -43,6 +43,7 @@ reused. Everything is written atomically or into the step folder before ``step.j
 killed run resumes at the step it was in.
 """
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -423,7 +424,8 @@ class SyntheticBenchmark:
         self.timings: Dict[str, float] = {}
         self._step_index = 0
         self._step_lock = threading.Lock()
-        self._in_process_lock = threading.Lock()  # model work in this process (region zero-shot)
+        self._in_process_lock = threading.Lock()  # model work in this process (_in_process_torch)
+        self._captions_lock = threading.Lock()  # both from-scratch pretrainings use one folder
         self._num_steps = (
             2  # data, pictures
             + len(self._clip_names)
@@ -492,13 +494,27 @@ class SyntheticBenchmark:
             )
         return cmd
 
+    @contextlib.contextmanager
+    def _in_process_torch(self):
+        """Model work in this process (zero-shot figures), one step thread at a time: torch's
+        thread count is per process, set to ``threads`` meanwhile."""
+        import torch
+
+        with self._in_process_lock:
+            threads = torch.get_num_threads()
+            torch.set_num_threads(self.threads)
+            try:
+                yield
+            finally:
+                torch.set_num_threads(threads)
+
     # ------------------------------------------------------------------ steps
     def run(self) -> Dict:
         """Run every step; returns the results (also written to results.json / results.md)."""
         os.makedirs(self.out_dir, exist_ok=True)
         start = time.perf_counter()
         self._step("data", {"data": self.size.data_overrides(self.data_seed)}, self._data)
-        clips = {name: self._clip_step(name) for name in self._clip_names}
+        clips = self._clip_steps()
         trained = self._train_steps(clips)
         clipself = trained.get("clipself")
         results = {m.key: trained[m.key] for m in self.methods}
@@ -546,6 +562,17 @@ class SyntheticBenchmark:
             groups[c["frequency"]] = groups.get(c["frequency"], 0) + 1
         return {"dir": self.data_dir, "categories_per_group": groups}
 
+    def _clip_steps(self) -> Dict[str, Dict]:
+        """Every tiny CLIP the methods use, ``jobs`` at a time: with ``from_scratch`` the two
+        pretrainings (one torch thread each) run side by side instead of one after the other.
+        Returns name -> record, in TINY_CLIPS' order."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        names = self._clip_names
+        with ThreadPoolExecutor(max_workers=max(1, min(self.jobs, len(names)))) as pool:
+            futures = {name: pool.submit(self._clip_step, name) for name in names}
+            return {name: futures[name].result() for name in names}  # a failed step raises
+
     def _clip_step(self, name: str) -> Dict:
         """The tiny CLIP ``name`` (a key of TINY_CLIPS): a given or the shipped checkpoint, or
         pretrained here (``from_scratch``)."""
@@ -591,9 +618,10 @@ class SyntheticBenchmark:
             record: Dict = {"source": source["checkpoint"]}
         else:
             record = self._pretrain(folder, source["pretrain"], path, tiny)
-        model = build_clip_model(tiny.model_name, path)
-        crops = load_crops(self.data_dir, clip_image_size(model)[0])
-        acc = zero_shot_accuracy(model, get_clip_tokenizer(tiny.model_name), crops)
+        with self._in_process_torch():
+            model = build_clip_model(tiny.model_name, path)
+            crops = load_crops(self.data_dir, clip_image_size(model)[0])
+            acc = zero_shot_accuracy(model, get_clip_tokenizer(tiny.model_name), crops)
         record.update(path=path, zero_shot=acc, model_name=tiny.model_name)
         self.log(
             f"    {tiny.model_name} zero-shot crop accuracy: rare {acc['r']:.1f}%, "
@@ -654,7 +682,8 @@ class SyntheticBenchmark:
     def _pretrain(self, folder: str, p: Dict, path: str, tiny: TinyClip) -> Dict:
         """``from_scratch``: the caption folder, then tools/pretrain_rovit.py with the tiny CLIP's
         pretraining config and ``p["opts"]``; its rovit_clip_final.pt is copied to ``path``."""
-        captions = self._captions(folder, p["captions"])
+        with self._captions_lock:  # the other pretraining finds the folder made (kept)
+            captions = self._captions(folder, p["captions"])
         self.log(
             f"    caption folder {self.captions_dir}: "
             f"{captions['meta']['counts']['pretrain_images']} caption images"
@@ -881,19 +910,12 @@ class SyntheticBenchmark:
         """Region zero-shot accuracy of the scorer a fused method fuses (its config and options:
         tower, crop convention, prompts), on the val boxes inside their whole images
         (:func:`~ovdet_plugin.evaluation.region_zero_shot.method_region_zero_shot`)."""
-        import torch
-
         from ovdet_plugin.config import get_ovdet_cfg
         from ovdet_plugin.evaluation.region_zero_shot import method_region_zero_shot
 
         cfg = get_ovdet_cfg(os.path.join(CONFIG_DIR, method.config), list(opts))
-        with self._in_process_lock:  # torch's thread count is per process: one user at a time
-            threads = torch.get_num_threads()
-            torch.set_num_threads(self.threads)
-            try:
-                acc = method_region_zero_shot(cfg, self.data_dir)
-            finally:
-                torch.set_num_threads(threads)
+        with self._in_process_torch():
+            acc = method_region_zero_shot(cfg, self.data_dir)
         self.log(
             f"    {method.title}: region zero-shot ({cfg.MODEL.OVD.VLM_SCORER.NAME}, val boxes "
             f"inside whole images): rare {acc['r']:.1f}%, all {acc['all']:.1f}%"
