@@ -53,7 +53,12 @@ def parse_args(argv=None):
         help="also the ablation table (3 seeds of the headline rows, methods §1-4 directions)",
     )
     p.add_argument("--threads", type=int, default=0, help="torch threads per process (0: one)")
-    p.add_argument("--jobs", type=int, default=2, help="detectors trained at once")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=2,
+        help="steps run at once: the two tiny CLIPs (--from-scratch), then the detectors",
+    )
     return p.parse_args(argv)
 
 

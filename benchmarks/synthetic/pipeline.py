@@ -375,7 +375,8 @@ class SyntheticBenchmark:
         clip_rn_checkpoint: the same for the tiny CLIP ResNet (``ovdet-tiny-rn64``).
         methods: keys of :data:`METHODS` (and :data:`ABLATIONS`) to train.
         threads: torch threads of every process (0: one).
-        jobs: detectors trained at once (2 suits a 2-core CPU: each run is mostly Python).
+        jobs: steps run at once, the tiny CLIPs then the detectors (2 suits a 2-core CPU: each
+            run is mostly Python).
         log: where progress lines go.
     """
 
