@@ -514,6 +514,7 @@ class SyntheticBenchmark:
         """Run every step; returns the results (also written to results.json / results.md)."""
         os.makedirs(self.out_dir, exist_ok=True)
         start = time.perf_counter()
+        commit = _commit()  # the code this run started with (a commit made meanwhile is not it)
         self._step("data", {"data": self.size.data_overrides(self.data_seed)}, self._data)
         clips = self._clip_steps()
         trained = self._train_steps(clips)
@@ -529,7 +530,7 @@ class SyntheticBenchmark:
         report = {
             "machine": _machine(),
             "date": time.strftime("%Y-%m-%d"),
-            "commit": _commit(),
+            "commit": commit,
             "size": asdict(self.size),
             "seed": self.seed,
             "data_seed": self.data_seed,
