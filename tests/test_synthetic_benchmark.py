@@ -328,6 +328,37 @@ def test_a_failed_training_step_stops_the_run(tmp_path):
         bench._train_steps({"vit": {"path": "clip.pt"}, "rn": {"path": "rn.pt"}})
 
 
+def test_a_failed_step_is_said_at_once_while_the_other_runs_on(tmp_path):
+    """A failing pretraining is logged when it fails, not after the other (40-minute) one ends:
+    the step still running waits until the FAILED line appears (or 30 s), then finishes."""
+    import threading
+
+    said_failed = threading.Event()
+
+    def log(line):
+        if "clip: FAILED (pretrain_rovit.py failed (exit 1); log ...); the run stops" in line:
+            said_failed.set()
+
+    bench = SyntheticBenchmark(tmp_path / "out", SIZES["smoke"], jobs=2, log=log)
+    waited = {}
+
+    def clip_step(name):
+        def run(folder):
+            if name == "vit":
+                raise RuntimeError("pretrain_rovit.py failed (exit 1); log ...\nits tail")
+            waited["rn"] = said_failed.wait(timeout=30)
+            return {}
+
+        return bench._step({"vit": "clip", "rn": "clip_rn"}[name], {"k": name}, run)
+
+    bench._clip_step = clip_step
+    with pytest.raises(RuntimeError, match="pretrain_rovit.py failed"):
+        bench._clip_steps()
+    assert waited == {"rn": True}  # the failure was said while clip_rn was still running
+    assert load_step(tmp_path / "out" / "clip") is None  # a failed step leaves no step.json
+    assert load_step(tmp_path / "out" / "clip_rn") is not None
+
+
 def _fake_results(path, methods, ap, region=None):
     os.makedirs(path, exist_ok=True)
     recs = {}

@@ -463,7 +463,12 @@ class SyntheticBenchmark:
         os.makedirs(folder)
         self.log(f"{tag}: running ...")
         start = time.perf_counter()
-        record = run(folder)
+        try:
+            record = run(folder)
+        except Exception as e:  # said at once: the run ends only when the other running steps do
+            first_line = (str(e).splitlines() or [type(e).__name__])[0]
+            self.log(f"{tag}: FAILED ({first_line}); the run stops after the steps in progress")
+            raise
         seconds = time.perf_counter() - start
         _write_json(
             os.path.join(folder, "step.json"), {"key": key, "record": record, "seconds": seconds}
