@@ -234,10 +234,27 @@ def test_unknown_method_is_refused():
         SyntheticBenchmark("/nonexistent", methods=["fvlm", "yolo"])
 
 
-def test_training_steps_wait_for_their_inputs_and_keep_both_cores_busy(tmp_path):
-    """_train_steps with the steps replaced by sleeps: each starts after what it needs, at most
-    ``jobs`` at once; the F-VLM detector and RO-ViT start first, CLIPSelf before ViLD's
-    targets, the oracle last (the order that ended a timed demo's training earliest)."""
+def _fake_steps(bench, fake):
+    """Replace every step of ``bench._steps`` with ``fake(name, record)``."""
+    bench._clip_step = lambda name: fake(
+        {"vit": "clip", "rn": "clip_rn"}[name], {"path": f"{name}.pt"}
+    )
+    bench._clipself_step = lambda clip: fake("clipself", {"path": "cs.pt"})
+    bench._vild_step = lambda clips, fvlm: fake("vild_embeddings", {"dir": fvlm["weights"] + "/e"})
+    seen_inputs = {}
+
+    def detector(method, clips, clipself, vild_dir):
+        seen_inputs[method.key] = (clips[method.clip], clipself, vild_dir)
+        return fake(method.key, {"weights": method.key})
+
+    bench._detector_step = detector
+    return seen_inputs
+
+
+def test_steps_wait_for_their_inputs_and_keep_both_cores_busy(tmp_path):
+    """_steps with the steps replaced by sleeps: each starts after what it needs, at most
+    ``jobs`` at once; the tiny CLIPs first, then the F-VLM detector and RO-ViT, CLIPSelf before
+    ViLD's targets, the oracle last (the order that ended a timed demo's training earliest)."""
     import threading
 
     bench = SyntheticBenchmark(tmp_path / "out", SIZES["smoke"], jobs=2, log=lambda s: None)
@@ -254,78 +271,95 @@ def test_training_steps_wait_for_their_inputs_and_keep_both_cores_busy(tmp_path)
             running.discard(name)
         return record
 
-    bench._clipself_step = lambda clip: fake("clipself", {"path": "cs.pt"})
-    bench._vild_step = lambda clips, fvlm: fake("vild_embeddings", {"dir": fvlm["weights"] + "/e"})
-    seen_inputs = {}
-
-    def detector(method, clips, clipself, vild_dir):
-        seen_inputs[method.key] = (clipself, vild_dir)
-        return fake(method.key, {"weights": method.key})
-
-    bench._detector_step = detector
-    done = bench._train_steps({"vit": {"path": "clip.pt"}, "rn": {"path": "rn.pt"}})
-    assert set(done) == set(METHODS) | {"clipself", "vild_embeddings"}
+    seen_inputs = _fake_steps(bench, fake)
+    done = bench._steps()
+    assert set(done) == set(METHODS) | {"clip", "clip_rn", "clipself", "vild_embeddings"}
+    assert bench._clips(done) == {"vit": {"path": "vit.pt"}, "rn": {"path": "rn.pt"}}
     assert peak[0] == 2
-    assert events[:2] == [("start", "fvlm"), ("start", "rovit")]
-    assert events.index(("start", "clipself")) < events.index(("start", "vild_embeddings"))
     starts = [name for kind, name in events if kind == "start"]
+    assert set(starts[:2]) == {"clip", "clip_rn"}
+    assert set(starts[2:4]) == {"fvlm", "rovit"}
+    assert starts.index("clipself") < starts.index("vild_embeddings")
     assert starts[-1] == "fvlm_oracle"  # the oracle last
 
     def finished_before_started(first, then):
         return events.index(("end", first)) < events.index(("start", then))
 
+    assert finished_before_started("clip_rn", "fvlm")
+    assert finished_before_started("clip", "clipself")
     assert finished_before_started("fvlm", "vild_embeddings")
     assert finished_before_started("vild_embeddings", "vild")
     assert finished_before_started("clipself", "fvit")
-    assert seen_inputs["fvit"] == ({"path": "cs.pt"}, "")
-    assert seen_inputs["vild"][1] == "fvlm/e"
+    assert seen_inputs["fvit"] == ({"path": "vit.pt"}, {"path": "cs.pt"}, "")
+    assert seen_inputs["vild"][0::2] == ({"path": "rn.pt"}, "fvlm/e")  # its tower, its targets
 
 
 def test_the_tiny_clips_are_made_side_by_side_with_two_jobs(tmp_path):
-    """_clip_steps with the steps replaced: with jobs=2 both CLIPs (the two from-scratch
-    pretrainings) must be in progress at once (a barrier both must reach); with jobs=1 one at a
-    time. The records come back in TINY_CLIPS' order either way."""
+    """With jobs=2 both tiny CLIPs (the two from-scratch pretrainings) must be in progress at
+    once (a barrier both must reach); with jobs=1 one at a time, the ViT first."""
     import threading
 
     both_running = threading.Barrier(2, timeout=30)
 
-    def side_by_side(name):
-        both_running.wait()  # raises BrokenBarrierError if the other never starts
-        return {"name": name}
+    def side_by_side(name, record):
+        if name in ("clip", "clip_rn"):
+            both_running.wait()  # raises BrokenBarrierError if the other never starts
+        return record
 
     bench = SyntheticBenchmark(tmp_path / "a", SIZES["smoke"], jobs=2, log=lambda s: None)
-    bench._clip_step = side_by_side
-    assert bench._clip_steps() == {"vit": {"name": "vit"}, "rn": {"name": "rn"}}
+    _fake_steps(bench, side_by_side)
+    assert bench._clips(bench._steps()) == {"vit": {"path": "vit.pt"}, "rn": {"path": "rn.pt"}}
 
-    lock, running, peak = threading.Lock(), [0], [0]
+    lock, running, peak, starts = threading.Lock(), [0], [0], []
 
-    def one_at_a_time(name):
+    def one_at_a_time(name, record):
         with lock:
+            starts.append(name)
             running[0] += 1
             peak[0] = max(peak[0], running[0])
         time.sleep(0.05)
         with lock:
             running[0] -= 1
-        return {"name": name}
+        return record
 
     bench = SyntheticBenchmark(tmp_path / "b", SIZES["smoke"], jobs=1, log=lambda s: None)
-    bench._clip_step = one_at_a_time
-    assert list(bench._clip_steps()) == ["vit", "rn"] and peak[0] == 1
+    _fake_steps(bench, one_at_a_time)
+    bench._steps()
+    assert starts[:2] == ["clip", "clip_rn"] and peak[0] == 1
+
+
+def test_f_vlm_starts_while_the_vit_still_pretrains(tmp_path):
+    """With jobs=2 the F-VLM detector needs only the ResNet: it starts while the ViT step is
+    still running (the ViT waits until F-VLM has started, or 30 s), instead of after both."""
+    import threading
+
+    fvlm_started = threading.Event()
+    waited = {}
+
+    def fake(name, record):
+        if name == "fvlm":
+            fvlm_started.set()
+        if name == "clip":
+            waited["clip"] = fvlm_started.wait(timeout=30)
+        return record
+
+    bench = SyntheticBenchmark(tmp_path / "out", SIZES["smoke"], jobs=2, log=lambda s: None)
+    _fake_steps(bench, fake)
+    bench._steps()
+    assert waited == {"clip": True}
 
 
 def test_a_failed_training_step_stops_the_run(tmp_path):
     bench = SyntheticBenchmark(tmp_path / "out", SIZES["smoke"], jobs=2, log=lambda s: None)
-    bench._clipself_step = lambda clip: {"path": "cs.pt"}
-    bench._vild_step = lambda clip, fvlm: {"dir": "e"}
 
-    def detector(method, clip, clipself, vild_dir):
-        if method.key == "fvlm":
+    def fake(name, record):
+        if name == "fvlm":
             raise RuntimeError("train_net.py failed")
-        return {"weights": method.key}
+        return record
 
-    bench._detector_step = detector
+    _fake_steps(bench, fake)
     with pytest.raises(RuntimeError, match="train_net.py failed"):
-        bench._train_steps({"vit": {"path": "clip.pt"}, "rn": {"path": "rn.pt"}})
+        bench._steps()
 
 
 def test_a_failed_step_is_said_at_once_while_the_other_runs_on(tmp_path):
@@ -340,6 +374,7 @@ def test_a_failed_step_is_said_at_once_while_the_other_runs_on(tmp_path):
             said_failed.set()
 
     bench = SyntheticBenchmark(tmp_path / "out", SIZES["smoke"], jobs=2, log=log)
+    _fake_steps(bench, lambda name, record: record)
     waited = {}
 
     def clip_step(name):
@@ -353,7 +388,7 @@ def test_a_failed_step_is_said_at_once_while_the_other_runs_on(tmp_path):
 
     bench._clip_step = clip_step
     with pytest.raises(RuntimeError, match="pretrain_rovit.py failed"):
-        bench._clip_steps()
+        bench._steps()
     assert waited == {"rn": True}  # the failure was said while clip_rn was still running
     assert load_step(tmp_path / "out" / "clip") is None  # a failed step leaves no step.json
     assert load_step(tmp_path / "out" / "clip_rn") is not None

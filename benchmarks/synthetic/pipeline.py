@@ -449,7 +449,7 @@ class SyntheticBenchmark:
     def _step(self, name: str, key: Dict, run: Callable[[str], Dict]) -> Dict:
         """Run ``run(folder)`` unless ``folder/step.json`` holds the same key; return the record."""
         key = json.loads(json.dumps(key))  # as step.json stores it (tuples -> lists)
-        with self._step_lock:  # steps run in parallel threads (_train_steps)
+        with self._step_lock:  # steps run in parallel threads (_steps)
             self._step_index += 1
             tag = f"[{self._step_index}/{self._num_steps}] {name}"
         folder = os.path.join(self.out_dir, name)
@@ -521,10 +521,10 @@ class SyntheticBenchmark:
         start = time.perf_counter()
         commit = _commit()  # the code this run started with (a commit made meanwhile is not it)
         self._step("data", {"data": self.size.data_overrides(self.data_seed)}, self._data)
-        clips = self._clip_steps()
-        trained = self._train_steps(clips)
-        clipself = trained.get("clipself")
-        results = {m.key: trained[m.key] for m in self.methods}
+        done = self._steps()
+        clips = self._clips(done)
+        clipself = done.get("clipself")
+        results = {m.key: done[m.key] for m in self.methods}
         for m in self.methods:  # a detector step reused from before the figure existed
             if m.fused and "region_zero_shot" not in results[m.key]:
                 opts = self._detector_opts(m, clips, clipself, "")
@@ -568,17 +568,6 @@ class SyntheticBenchmark:
         for c in meta["categories"]:
             groups[c["frequency"]] = groups.get(c["frequency"], 0) + 1
         return {"dir": self.data_dir, "categories_per_group": groups}
-
-    def _clip_steps(self) -> Dict[str, Dict]:
-        """Every tiny CLIP the methods use, ``jobs`` at a time: with ``from_scratch`` the two
-        pretrainings (one torch thread each) run side by side instead of one after the other.
-        Returns name -> record, in TINY_CLIPS' order."""
-        from concurrent.futures import ThreadPoolExecutor
-
-        names = self._clip_names
-        with ThreadPoolExecutor(max_workers=max(1, min(self.jobs, len(names)))) as pool:
-            futures = {name: pool.submit(self._clip_step, name) for name in names}
-            return {name: futures[name].result() for name in names}  # a failed step raises
 
     def _clip_step(self, name: str) -> Dict:
         """The tiny CLIP ``name`` (a key of TINY_CLIPS): a given or the shipped checkpoint, or
@@ -761,34 +750,46 @@ class SyntheticBenchmark:
 
         return self._step("clipself", key, run)
 
-    def _train_steps(self, clips: Dict[str, Dict]) -> Dict[str, Dict]:
-        """CLIPSelf, every method's detector and ViLD's distillation targets, ``jobs`` steps at a
-        time (one torch thread each). A step starts once what it needs is done: the methods on
-        CLIPSelf's export wait for CLIPSelf, ViLD's targets for the F-VLM detector (its RPN gives
+    def _clips(self, done: Dict[str, Dict]) -> Dict[str, Dict]:
+        """The tiny CLIPs' records among the finished steps ``done``, by TINY_CLIPS key."""
+        return {n: done[TINY_CLIPS[n].step] for n in self._clip_names if TINY_CLIPS[n].step in done}
+
+    def _steps(self) -> Dict[str, Dict]:
+        """Every step between the data and the pictures, ``jobs`` at a time (one torch thread
+        each), as one dependency graph: a step starts once what it needs is done. The detectors
+        on a tiny CLIP wait for it, so with ``from_scratch`` F-VLM starts as soon as the ResNet
+        is pretrained while the ViT still pretrains; the methods on CLIPSelf's export wait for
+        CLIPSelf (which waits for the ViT), ViLD's targets for the F-VLM detector (its RPN gives
         the proposals), the ViLD methods for the targets. Ready steps start in this order: the
-        F-VLM detector (ViLD's chain waits for it) and the detectors that need nothing (RO-ViT),
-        then CLIPSelf and the detectors on its export (F-ViT), ViLD's targets and ViLD, the
-        oracle last. With the default size's step times of two timed runs (860 and 912 s of
-        steps) this order ends the training steps 16 and 21 s earlier than starting CLIPSelf
-        beside F-VLM, which left one core idle for the last 83-98 s (benchmarks/RESULTS.md,
-        sixth session). Returns step name -> record."""
+        tiny CLIPs (the two from-scratch pretrainings side by side), the F-VLM detector (ViLD's
+        chain waits for it) and the detectors that need nothing else (RO-ViT), then CLIPSelf and
+        the detectors on its export (F-ViT), ViLD's targets and ViLD, the oracle last. With the
+        default size's step times of two timed runs (860 and 912 s of steps) this order ends the
+        training steps 16 and 21 s earlier than starting CLIPSelf beside F-VLM, which left one
+        core idle for the last 83-98 s (benchmarks/RESULTS.md, sixth session). Returns step name
+        -> record (the tiny CLIPs under their TINY_CLIPS step names)."""
         from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
         steps: Dict[str, tuple] = {}  # name -> (start rank, steps it needs, run(done) -> record)
+        for name in self._clip_names:
+            steps[TINY_CLIPS[name].step] = (-1, [], lambda done, n=name: self._clip_step(n))
+        vit = TINY_CLIPS["vit"].step
         if self._needs_clipself:
-            steps["clipself"] = (2, [], lambda done: self._clipself_step(clips["vit"]))
+            steps["clipself"] = (2, [vit], lambda done: self._clipself_step(done[vit]))
         for m in self.methods:
             if not m.vild:
                 on_clipself = m.backbone == "clipself"
-                needs = ["clipself"] if on_clipself else []
+                needs = [TINY_CLIPS[m.clip].step] + (["clipself"] if on_clipself else [])
                 rank = 0 if m.key == "fvlm" else 5 if m.oracle else 3 if on_clipself else 1
-                steps[m.key] = (rank, needs, self._detector_runner(m, clips))
+                steps[m.key] = (rank, needs, self._detector_runner(m))
         if any(m.vild for m in self.methods):
-            embed = lambda done: self._vild_step(clips, done["fvlm"])  # noqa: E731
-            steps["vild_embeddings"] = (4, ["fvlm"], embed)
+            teacher = TINY_CLIPS[METHODS["vild"].clip].step
+            embed = lambda done: self._vild_step(self._clips(done), done["fvlm"])  # noqa: E731
+            steps["vild_embeddings"] = (4, ["fvlm", teacher], embed)
             for m in self.methods:
                 if m.vild:
-                    steps[m.key] = (4, ["vild_embeddings"], self._detector_runner(m, clips))
+                    needs = ["vild_embeddings", TINY_CLIPS[m.clip].step]
+                    steps[m.key] = (4, needs, self._detector_runner(m))
         # rank, then the methods' listed order (sorted is stable)
         order = sorted(steps, key=lambda name: steps[name][0])
         done: Dict[str, Dict] = {}
@@ -807,11 +808,12 @@ class SyntheticBenchmark:
                     done[running.pop(future)] = future.result()  # a failed step raises here
         return done
 
-    def _detector_runner(self, method: Method, clips: Dict[str, Dict]) -> Callable[[Dict], Dict]:
+    def _detector_runner(self, method: Method) -> Callable[[Dict], Dict]:
         """The method's detector step as a function of the records of the steps it needs."""
 
         def run(done: Dict[str, Dict]) -> Dict:
             vild_dir = done["vild_embeddings"]["dir"] if method.vild else ""
+            clips = self._clips(done)
             return self._detector_step(method, clips, done.get("clipself"), vild_dir)
 
         return run
