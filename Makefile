@@ -10,9 +10,10 @@ LINT_PATHS := ovdet_plugin tools tests benchmarks configs/lazy setup.py
 install:
 	@VENV=$(VENV) bash tools/install_env.sh
 
-# The end-to-end benchmark on generated data (14-15 min on a 2-core AMD EPYC CPU): data, the shipped tiny
-# CLIP's zero-shot figure, CLIPSelf, ViLD / F-VLM / F-ViT / RO-ViT via tools/train_net.py, the
-# stock LVISEvaluator, results.md + pictures. Finished steps are reused on the next run.
+# The end-to-end benchmark on generated data (14-15 min on a 2-core AMD EPYC CPU, 16 on a 2-core
+# Intel Xeon): data, the shipped tiny CLIPs' zero-shot figures, CLIPSelf, ViLD / F-VLM / F-ViT /
+# RO-ViT via tools/train_net.py, the stock LVISEvaluator, results.md + pictures. Finished steps
+# are reused on the next run.
 demo: install
 	$(PY) tools/run_synthetic_benchmark.py --output output/synthetic_benchmark
 
