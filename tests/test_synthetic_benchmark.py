@@ -20,6 +20,7 @@ from benchmarks.synthetic.pipeline import (
     SHIPPED_CLIP,
     SHIPPED_CLIP_RN,
     SIZES,
+    TINY_CLIPS,
     SyntheticBenchmark,
     load_step,
 )
@@ -236,9 +237,7 @@ def test_unknown_method_is_refused():
 
 def _fake_steps(bench, fake):
     """Replace every step of ``bench._steps`` with ``fake(name, record)``."""
-    bench._clip_step = lambda name: fake(
-        {"vit": "clip", "rn": "clip_rn"}[name], {"path": f"{name}.pt"}
-    )
+    bench._clip_step = lambda name: fake(TINY_CLIPS[name].step, {"path": f"{name}.pt"})
     bench._clipself_step = lambda clip: fake("clipself", {"path": "cs.pt"})
     bench._vild_step = lambda clips, fvlm: fake("vild_embeddings", {"dir": fvlm["weights"] + "/e"})
     seen_inputs = {}
@@ -384,7 +383,7 @@ def test_a_failed_step_is_said_at_once_while_the_other_runs_on(tmp_path):
             waited["rn"] = said_failed.wait(timeout=30)
             return {}
 
-        return bench._step({"vit": "clip", "rn": "clip_rn"}[name], {"k": name}, run)
+        return bench._step(TINY_CLIPS[name].step, {"k": name}, run)
 
     bench._clip_step = clip_step
     with pytest.raises(RuntimeError, match="pretrain_rovit.py failed"):
