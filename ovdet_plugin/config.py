@@ -198,6 +198,11 @@ def _add_roi_heads_config(cfg: CN) -> None:
     # Exponent w of the objectness multiplier sigmoid(objectness)^w (F-VLM objectness_weight 0,
     # methods §2.4; 3.0 with the centerness RPN in DITO / RO-ViT, methods §4.3).
     _C.MODEL.OVD.FUSION.OBJECTNESS_WEIGHT = 0.0
+    # Also evaluate every test set with the fusion off (RULE ""), the detector's own scores: the
+    # "detector only" ablation of F-VLM and F-ViT, from the same trained model in the
+    # same process (OVDTrainer.test), boxes only (the mask head is skipped), into
+    # OUTPUT_DIR/detector_only (eval_results.json and the evaluator's files). Needs a RULE.
+    _C.MODEL.OVD.FUSION.EVAL_DETECTOR_ONLY = False
 
     _C.MODEL.OVD.INPUT = CN()
     # Large-scale jitter of the papers' training (OVDDatasetMapper): output size S of the square

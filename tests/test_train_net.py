@@ -1,6 +1,7 @@
 """tools/train_net.py end to end on a small generated dataset: stock DefaultTrainer (OVDTrainer),
 stock LVISEvaluator, checkpoint, --eval-only, and a swapped test vocabulary."""
 
+import json
 import os
 import subprocess
 import sys
@@ -86,6 +87,54 @@ def test_train_then_evaluate_with_stock_lvis_evaluator(synthetic_root, trained_r
     log = evaluated.stdout + evaluated.stderr
     assert evaluated.returncode == 0, log[-4000:]
     assert "APr" in log and "Evaluation results for bbox" in log
+
+
+def _eval_file(folder, *parts):
+    with open(os.path.join(folder, *parts), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def test_detector_only_evaluation_after_training_equals_a_separate_eval_without_fusion(
+    synthetic_root, tmp_path
+):
+    """MODEL.OVD.FUSION.EVAL_DETECTOR_ONLY: after training, the fused evaluation (boxes and
+    masks) and, in the same process, the detector-only one (fusion off, boxes only) into
+    OUTPUT_DIR/detector_only, the same figures and detections as an --eval-only run of the saved
+    weights with RULE "" and no mask head."""
+    # (SEED: the tiny CLIP is random, and built from the seed in each process)
+    common = ("MODEL.MASK_ON", "True", "MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK", "True",
+             "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "SEED", "3")  # fmt: skip
+    out = tmp_path / "train"
+    trained = run_train_net(
+        synthetic_root, out, *common, "SOLVER.MAX_ITER", "2",
+        "MODEL.OVD.FUSION.EVAL_DETECTOR_ONLY", "True",
+    )  # fmt: skip
+    assert trained.returncode == 0, (trained.stdout + trained.stderr)[-4000:]
+    alone = run_train_net(
+        synthetic_root, tmp_path / "alone", "--eval-only", *common,
+        "MODEL.WEIGHTS", str(out / "model_final.pth"),
+        "MODEL.OVD.FUSION.RULE", "", "MODEL.MASK_ON", "False",
+    )  # fmt: skip
+    assert alone.returncode == 0, (alone.stdout + alone.stderr)[-4000:]
+
+    fused = _eval_file(out, "eval_results.json")
+    only = _eval_file(out, "detector_only", "eval_results.json")
+    assert set(fused) == {"bbox", "segm"} and set(only) == {"bbox"}
+    assert only == _eval_file(tmp_path / "alone", "eval_results.json")
+    detections = ("inference", "ovdet_synthetic_val", "lvis_instances_results.json")
+    only_dets = _eval_file(out, "detector_only", *detections)
+    assert only_dets and only_dets == _eval_file(tmp_path / "alone", *detections)
+    fused_scores = [d["score"] for d in _eval_file(out, *detections)]
+    assert fused_scores != [d["score"] for d in only_dets]  # the fusion was on, then off
+
+
+def test_detector_only_evaluation_without_a_fusion_rule_is_refused(synthetic_root, tmp_path):
+    result = run_train_net(
+        synthetic_root, tmp_path, "MODEL.OVD.FUSION.RULE", "",
+        "MODEL.OVD.FUSION.EVAL_DETECTOR_ONLY", "True",
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "MODEL.OVD.FUSION.RULE is empty" in result.stderr
 
 
 def test_unknown_config_key_fails_cleanly(synthetic_root, tmp_path):

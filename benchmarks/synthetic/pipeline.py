@@ -867,12 +867,16 @@ class SyntheticBenchmark:
 
     def _detector_step(self, method: Method, clips: Dict, clipself, vild_dir: str) -> Dict:
         opts = self._detector_opts(method, clips, clipself, vild_dir)
+        # a fused method's detector-only figures: the trained model evaluated again with the
+        # fusion off and boxes only (the tables report the detector-only boxes), in the same
+        # process (OVDTrainer.test), into folder/detector_only
+        only_opts = ["MODEL.OVD.FUSION.EVAL_DETECTOR_ONLY", "True"] if method.fused else []
         inputs = [clips[method.clip]["path"]]
         if method.backbone == "clipself":
             inputs.append(clipself["path"])
         key = {
             "config": _config_digest(method.config),
-            "opts": opts,
+            "opts": opts + only_opts,
             "inputs": [_file_digest(p) for p in inputs],
             "vild": _dir_digest(vild_dir) if method.vild else "",
         }
@@ -881,7 +885,8 @@ class SyntheticBenchmark:
         def run(folder: str) -> Dict:
             self._run_tool(
                 folder, "train.log",
-                ["train_net.py", "--config-file", config, *opts, "OUTPUT_DIR", folder],
+                ["train_net.py", "--config-file", config, *opts, *only_opts,
+                 "OUTPUT_DIR", folder],
             )  # fmt: skip
             results = _read_results(folder)
             record = {"title": method.title, "fused": _bbox(results)}
@@ -891,16 +896,7 @@ class SyntheticBenchmark:
             weights = os.path.join(folder, "model_final.pth")
             record["weights"] = weights
             if method.fused:
-                only = os.path.join(folder, "detector_only")
-                self._run_tool(
-                    folder, "eval_detector_only.log",
-                    ["train_net.py", "--config-file", config, "--eval-only", *opts,
-                     "MODEL.WEIGHTS", weights, "MODEL.OVD.FUSION.RULE", "",
-                     # box AP only: the tables report the detector-only boxes (and skipping
-                     # the masks' pasting cut inference from 11.5 s to 4.8 s; RESULTS.md)
-                     "MODEL.MASK_ON", "False", "OUTPUT_DIR", only],
-                )  # fmt: skip
-                record["detector_only"] = _bbox(_read_results(only))
+                record["detector_only"] = _bbox(_read_results(_detector_only_dir(folder)))
                 record["region_zero_shot"] = self._region_zero_shot(method, opts)
             r = record["fused"]
             self.log(
@@ -983,9 +979,7 @@ class SyntheticBenchmark:
             rec["oracle"] = ALL_METHODS[key].oracle
             rec["label_precision"] = measure(folder)
             if "detector_only" in rec:
-                rec["label_precision_detector_only"] = measure(
-                    os.path.join(folder, "detector_only")
-                )
+                rec["label_precision_detector_only"] = measure(_detector_only_dir(folder))
             for lp in (rec["label_precision"], rec.get("label_precision_detector_only")):
                 if lp is not None:
                     lp.pop("rare_correct_images")  # kept for the pictures only
@@ -1051,6 +1045,13 @@ def _read_results(folder: str) -> Dict:
         raise RuntimeError(f"No evaluation results in {path}: did the evaluator run?")
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+def _detector_only_dir(folder: str) -> str:
+    """Where the detector step's run wrote its detector-only evaluation."""
+    from ovdet_plugin.engine.trainer import DETECTOR_ONLY_DIR
+
+    return os.path.join(folder, DETECTOR_ONLY_DIR)
 
 
 def evaluator_detections_path(folder: str) -> str:

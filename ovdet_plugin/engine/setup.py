@@ -22,8 +22,15 @@ __all__ = ["check_ovdet_cfg", "launch_main", "release_process_group", "setup_ovd
 
 def check_ovdet_cfg(cfg) -> None:
     """The checks that need no data or model: the config has the ovdet keys, ``MODEL.DEVICE``
-    exists here and ``OUTPUT_DIR`` is writable (created if needed). Raise with the fix."""
+    exists here, ``OUTPUT_DIR`` is writable (created if needed), a detector-only evaluation has
+    a fusion to switch off. Raise with the fix."""
     require_ovdet_config(cfg, "OVDTrainer")
+    if cfg.MODEL.OVD.FUSION.EVAL_DETECTOR_ONLY and not cfg.MODEL.OVD.FUSION.RULE:
+        raise ValueError(
+            "MODEL.OVD.FUSION.EVAL_DETECTOR_ONLY evaluates the detector without its fusion, but "
+            "MODEL.OVD.FUSION.RULE is empty: every evaluation is detector-only already. Set a "
+            "RULE or drop EVAL_DETECTOR_ONLY."
+        )
     check_device(cfg.MODEL.DEVICE)
     check_writable_dir(cfg.OUTPUT_DIR, "OUTPUT_DIR")
 

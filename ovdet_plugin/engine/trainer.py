@@ -23,6 +23,7 @@ It also makes runs safe to kill and resume, and checks its inputs first:
 """
 
 import json
+import logging
 import os
 
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
@@ -31,6 +32,7 @@ from detectron2.data.samplers import TrainingSampler
 from detectron2.engine import DefaultTrainer
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
+from torch.nn.parallel import DistributedDataParallel
 
 from ..data.dataset_mapper import OVDDatasetMapper
 from ..evaluation import build_ov_evaluator
@@ -45,11 +47,22 @@ from .optimizer import build_ovdet_optimizer
 from .setup import check_ovdet_cfg
 from .train_loop import InfiniteShardedSampler, get_seed, step_seed
 
-__all__ = ["EVAL_RESULTS_FILE", "OVDTrainer"]
+__all__ = ["DETECTOR_ONLY_DIR", "EVAL_RESULTS_FILE", "OVDTrainer"]
 
 # Written by OVDTrainer.test under OUTPUT_DIR: {dataset: {task: {metric: value}}} (or, for a single
 # test dataset, Detectron2's {task: {metric: value}}).
 EVAL_RESULTS_FILE = "eval_results.json"
+# The folder under OUTPUT_DIR of MODEL.OVD.FUSION.EVAL_DETECTOR_ONLY's evaluation.
+DETECTOR_ONLY_DIR = "detector_only"
+
+
+def _write_eval_results(output_dir: str, results) -> None:
+    """``output_dir/eval_results.json``, written atomically by the main process."""
+    if comm.is_main_process() and results:
+        os.makedirs(output_dir, exist_ok=True)
+        path = os.path.join(output_dir, EVAL_RESULTS_FILE)
+        with atomic_write_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=1)
 
 
 class OVDTrainer(DefaultTrainer):
@@ -75,12 +88,35 @@ class OVDTrainer(DefaultTrainer):
     @classmethod
     def test(cls, cfg, model, evaluators=None):
         """Detectron2's evaluation, plus ``OUTPUT_DIR/eval_results.json`` (the returned metrics,
-        written atomically by the main process) for scripts that collect results."""
+        written atomically by the main process) for scripts that collect results. With
+        ``MODEL.OVD.FUSION.EVAL_DETECTOR_ONLY``, the same model is evaluated again with the
+        fusion off and boxes only, into ``OUTPUT_DIR/detector_only`` (not in the returned
+        metrics)."""
         results = super().test(cfg, model, evaluators)
-        if comm.is_main_process() and results:
-            path = os.path.join(cfg.OUTPUT_DIR, EVAL_RESULTS_FILE)
-            with atomic_write_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-                json.dump(results, f, indent=1)
+        _write_eval_results(cfg.OUTPUT_DIR, results)
+        if cfg.MODEL.OVD.FUSION.EVAL_DETECTOR_ONLY and evaluators is None:
+            cls.test_detector_only(cfg, model)
+        return results
+
+    @classmethod
+    def test_detector_only(cls, cfg, model):
+        """Evaluate ``model`` with its fusion switched off (the detector's own scores; F-VLM's
+        "detector only" ablation) and without the mask head, with the evaluators of
+        ``OUTPUT_DIR/detector_only``; the model is left as it was. Returns the metrics (also in
+        ``OUTPUT_DIR/detector_only/eval_results.json``)."""
+        heads = (model.module if isinstance(model, DistributedDataParallel) else model).roi_heads
+        out_dir = os.path.join(cfg.OUTPUT_DIR, DETECTOR_ONLY_DIR)
+        only = cfg.clone()
+        only.defrost()
+        only.OUTPUT_DIR = out_dir
+        rule, mask_on = heads.fusion_rule, heads.mask_on
+        heads.fusion_rule, heads.mask_on = "", False
+        try:
+            logging.getLogger(__name__).info("Detector-only evaluation (fusion off, boxes only)")
+            results = super().test(only, model)
+        finally:
+            heads.fusion_rule, heads.mask_on = rule, mask_on
+        _write_eval_results(out_dir, results)
         return results
 
     @classmethod
