@@ -89,9 +89,9 @@ class OVDTrainer(DefaultTrainer):
     def test(cls, cfg, model, evaluators=None):
         """Detectron2's evaluation, plus ``OUTPUT_DIR/eval_results.json`` (the returned metrics,
         written atomically by the main process) for scripts that collect results. With
-        ``MODEL.OVD.FUSION.EVAL_DETECTOR_ONLY``, the same model is evaluated again with the
-        fusion off and boxes only, into ``OUTPUT_DIR/detector_only`` (not in the returned
-        metrics)."""
+        ``MODEL.OVD.FUSION.EVAL_DETECTOR_ONLY`` (and the default evaluators: ``evaluators``
+        None), the same model is evaluated again with the fusion off and boxes only, into
+        ``OUTPUT_DIR/detector_only`` (not in the returned metrics)."""
         results = super().test(cfg, model, evaluators)
         _write_eval_results(cfg.OUTPUT_DIR, results)
         if cfg.MODEL.OVD.FUSION.EVAL_DETECTOR_ONLY and evaluators is None:
