@@ -109,6 +109,7 @@ class OVDTrainer(DefaultTrainer):
         only = cfg.clone()
         only.defrost()
         only.OUTPUT_DIR = out_dir
+        only.freeze()
         rule, mask_on = heads.fusion_rule, heads.mask_on
         heads.fusion_rule, heads.mask_on = "", False
         try:
