@@ -1,5 +1,6 @@
 """tools/demo.py: a typed vocabulary on a folder of images, pictures drawn by the Visualizer."""
 
+import json
 import os
 import subprocess
 import sys
@@ -23,12 +24,23 @@ def test_demo_on_a_folder_writes_one_png_per_image(tmp_path):
         "--config-file", os.path.join(REPO_ROOT, "configs", "test", "tiny_fvlm.yaml"),
         "--vocabulary", "cat, remote control, sofa", "--random-weights",
         "--input", str(folder), "--output", str(out), "--confidence-threshold", "0.0",
+        "--top-k", "2", "--save-detections",
         "MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "128",
     ]  # fmt: skip
     env = dict(os.environ, PYTHONPATH=REPO_ROOT)
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert sorted(os.listdir(out)) == ["img0.png", "img1.png"]
+    assert sorted(os.listdir(out)) == ["detections.json", "img0.png", "img1.png"]
+    # --save-detections: what is drawn (--top-k 2 per picture), named from the typed vocabulary
+    records = json.loads((out / "detections.json").read_text())
+    assert {r["picture"] for r in records} == {"img0.png", "img1.png"}
+    for picture in ("img0.png", "img1.png"):
+        assert len([r for r in records if r["picture"] == picture]) == 2
+    for r in records:
+        assert r["file_name"] == str(folder / r["picture"].replace(".png", ".jpg"))
+        assert r["category"] in ("cat", "remote control", "sofa") and r["score"] >= 0.0
+        x, y, w, h = r["bbox"]
+        assert -1e-3 <= x and x + w <= 90 + 1e-3 and -1e-3 <= y and y + h <= 70 + 1e-3 and w >= 0
     drawn = cv2.imread(str(out / "img0.png"))
     assert drawn.shape == (70, 90, 3)
     assert "Test vocabulary set: 3 classes" in result.stdout + result.stderr

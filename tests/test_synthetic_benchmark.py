@@ -120,8 +120,16 @@ def test_smoke_run_produces_every_step_and_the_lvis_evaluation(smoke_run):
     assert 0.0 <= curve[-1]["all"] <= 100.0
     pictures = report["pictures"]
     assert pictures["method"] != "fvlm_oracle"
-    assert pictures["label_precision"]["images"] == 1
+    # scored from what the demo drew (its detections.json), on the pictured images
+    assert pictures["label_precision"]["images"] == len(pictures["files"])
+    drawn = json.loads((out / "pictures" / "detections.json").read_text())
+    assert pictures["label_precision"]["n"] == len(drawn)
+    assert {r["picture"] for r in drawn} <= set(pictures["files"])
     assert isinstance(pictures["rare_found_and_named"], bool)
+    assert 0 <= pictures["rare_named_images"] <= pictures["rare_images"]
+    # one image as it comes, plus one selected only when the method named a rare object somewhere
+    assert len(pictures["files"]) == 1 + (pictures["selected"] is not None)
+    assert pictures["selected"] is None or pictures["selected"] in pictures["files"]
     assert pictures["files"] and all(
         os.path.isfile(out / "pictures" / f) for f in pictures["files"]
     )
@@ -406,6 +414,57 @@ def _fake_results(path, methods, ap, region=None):
     report = {"methods": recs, "clip": {"zero_shot": {"r": 50.0, "all": 40.0}}}
     with open(os.path.join(path, "results.json"), "w") as f:
         json.dump(report, f)
+
+
+def _val_with_rare_images():
+    """Six val images: 2, 4, 5 and 6 hold a rare object (category 1), 1 and 3 only frequent ones."""
+    cats = [
+        {"id": 1, "name": "crown", "frequency": "r"},
+        {"id": 2, "name": "car", "frequency": "f"},
+        {"id": 3, "name": "key", "frequency": "c"},
+        {"id": 4, "name": "star", "frequency": "f"},
+    ]
+    anns = [(1, 2), (2, 1), (2, 2), (3, 3), (4, 1), (5, 1), (6, 1)]
+    return {
+        "categories": cats,
+        "images": [{"id": i, "file_name": f"images/val/{i:06d}.png"} for i in range(1, 7)],
+        "annotations": [{"id": k, "image_id": i, "category_id": c, "bbox": [0, 0, 10, 10]}
+                        for k, (i, c) in enumerate(anns)],
+    }  # fmt: skip
+
+
+def test_pictures_add_a_rare_find_only_when_the_first_images_have_none():
+    from benchmarks.synthetic.pipeline import _picture_image_ids, _picture_inputs, _png_name
+
+    val = _val_with_rare_images()
+    # the first 2 images holding a rare object; the method names one in image 4: not added
+    assert _picture_image_ids(val, 2, [4, 5]) == ([2, 4], None)
+    # named only in images 5 and 6: the first of them is added and said to be selected
+    assert _picture_image_ids(val, 2, [6, 5]) == ([2, 4, 5], 5)
+    # named nowhere: nothing to add
+    assert _picture_image_ids(val, 2, []) == ([2, 4], None)
+    paths, vocabulary = _picture_inputs(val, "/d", [2, 5])
+    assert paths == ["/d/images/val/000002.png", "/d/images/val/000005.png"]
+    assert vocabulary == ["car", "crown", "key", "star"]  # present names, then two absent kinds
+    assert _png_name(val, 5) == "000005.png"
+
+
+def test_drawn_detections_map_to_val_ids_and_score_as_drawn(tmp_path):
+    from benchmarks.synthetic.pipeline import _drawn_as_results
+    from ovdet_plugin.evaluation import label_precision
+
+    val = _val_with_rare_images()
+    saved = [
+        {"file_name": "/d/images/val/000002.png", "picture": "000002.png", "category": "crown",
+         "bbox": [1, 0, 10, 10], "score": 0.9},  # right: a crown is there
+        {"file_name": "/d/images/val/000002.png", "picture": "000002.png", "category": "key",
+         "bbox": [0, 0, 10, 10], "score": 0.95},  # wrong: no key in image 2
+    ]  # fmt: skip
+    (tmp_path / "detections.json").write_text(json.dumps(saved))
+    drawn = _drawn_as_results(str(tmp_path / "detections.json"), val, "/d")
+    assert [(d["image_id"], d["category_id"]) for d in drawn] == [(2, 1), (2, 3)]
+    lp = label_precision(drawn, val, 0.8, 6, image_ids=[2])
+    assert (lp["n"], lp["correct"], lp["rare_correct_images"]) == (2, 1, [2])
 
 
 def test_ablation_table_mean_and_spread(tmp_path):

@@ -16,10 +16,17 @@ Checked before the model is built: MODEL.WEIGHTS is set (or --random-weights), t
 --output is writable, every input exists. An unreadable image is reported and skipped; the exit
 code is then 1. A typed --vocabulary other than the training one is encoded even when
 MODEL.OVD.TEXT.EMBEDDINGS_FILE is set (that file holds the training vocabulary's rows only).
+
+--save-detections also writes the drawn detections to ``--output``/detections.json (written
+atomically), one record per drawn box: ``{"file_name": input path, "picture": PNG name,
+"category": vocabulary name, "bbox": [x, y, w, h] in input-image pixels, "score"}``. It is what
+the pictures show, in the form ``ovdet_plugin.evaluation.label_precision`` scores once the
+names are mapped to a dataset's category ids.
 """
 
 import argparse
 import hashlib
+import json
 import os
 import re
 import sys
@@ -41,6 +48,7 @@ from ovdet_plugin.data.datasets import (
 )
 from ovdet_plugin.engine.checks import check_device, check_writable_dir
 from ovdet_plugin.modeling.vocabulary_swap import get_test_vocabulary
+from ovdet_plugin.utils.atomic_io import atomic_write_path
 from ovdet_plugin.vocabulary import load_vocabulary
 
 # a config override key such as MODEL.WEIGHTS (what follows --input by mistake)
@@ -90,6 +98,22 @@ def read_image_bgr(path):
     return read_image(path, format="BGR")
 
 
+def detection_records(path, picture, instances, names):
+    """The drawn ``instances`` of one image as JSON records (``--save-detections``): ``bbox`` is
+    XYWH in input-image pixels, ``category`` the vocabulary name of the predicted class."""
+    boxes = instances.pred_boxes.tensor.tolist()
+    return [
+        {
+            "file_name": path,
+            "picture": picture,
+            "category": names[int(c)],
+            "bbox": [x0, y0, x1 - x0, y1 - y0],
+            "score": float(s),
+        }
+        for (x0, y0, x1, y1), c, s in zip(boxes, instances.pred_classes, instances.scores)
+    ]
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--config-file", required=True)
@@ -101,6 +125,11 @@ def parse_args(argv=None):
     p.add_argument("--confidence-threshold", type=float, default=0.3)
     p.add_argument("--top-k", type=int, default=0, help="draw at most this many (0: all)")
     p.add_argument("--scale", type=float, default=1.0, help="picture size / image size")
+    p.add_argument(
+        "--save-detections",
+        action="store_true",
+        help="also write the drawn detections to OUTPUT/detections.json",
+    )
     p.add_argument(
         "--random-weights",
         action="store_true",
@@ -159,7 +188,7 @@ def main(argv=None):
     metadata = MetadataCatalog.get(f"__ovdet_demo_{key}")
     if not metadata.get("thing_classes"):
         metadata.set(thing_classes=list(vocabulary.names))
-    failed = []
+    failed, records = [], []
     names = output_names(images)
     for path, name in tqdm(zip(images, names), desc="demo", unit="img", total=len(images),
                            disable=len(images) < 2):  # fmt: skip
@@ -191,6 +220,13 @@ def main(argv=None):
             failed.append(path)
             continue
         logger.info("%s: %d detections -> %s", path, len(instances), out)
+        records += detection_records(path, name, instances, vocabulary.names)
+    if args.save_detections:
+        saved = os.path.join(args.output, "detections.json")
+        with atomic_write_path(saved) as tmp:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(records, f)
+        logger.info("%d drawn detections -> %s", len(records), saved)
     if failed:
         logger.error("%d of %d image(s) failed: %s", len(failed), len(images), ", ".join(failed))
         sys.exit(1)

@@ -28,8 +28,11 @@ Steps, each in its own folder under the output directory:
    The oracle row (``fvlm_oracle``) is the F-VLM detector trained on every class's boxes
    (``ovdet_synthetic_train_all``, rare names in its training softmax) and evaluated detector
    only: the ceiling APr for the open-vocabulary rows.
-5. ``pictures``: ``tools/demo.py`` (Detectron2's ``Visualizer``) on a few val images with a typed
-   vocabulary, for the open-vocabulary method with the best APr.
+5. ``pictures``: ``tools/demo.py`` (Detectron2's ``Visualizer``) on the first few val images
+   holding a rare object, with a typed vocabulary, for the open-vocabulary method with the best
+   APr; when it names no rare object right in them, the first val image where it does is added
+   and marked as selected (:meth:`SyntheticBenchmark._pictures_step`). The pictures' own label
+   precision is scored from what is drawn (``--save-detections``).
 6. ``results.json`` / ``results.md``, with each method's label precision of drawn detections
    (:func:`ovdet_plugin.evaluation.label_precision`): over the whole val split, of the evaluator's
    saved detections that the pictures' selection would draw (score >= ``PICTURE_THRESHOLD``, the
@@ -529,8 +532,8 @@ class SyntheticBenchmark:
             if m.fused and "region_zero_shot" not in results[m.key]:
                 opts = self._detector_opts(m, clips, clipself, "")
                 results[m.key]["region_zero_shot"] = self._region_zero_shot(m, opts)
-        pictures = self._pictures_step(clips, clipself, results)
-        self._add_label_precision(results, pictures)
+        rare_named = self._add_label_precision(results)
+        pictures = self._pictures_step(clips, clipself, results, rare_named)
         total = time.perf_counter() - start
         report = {
             "machine": _machine(),
@@ -927,69 +930,88 @@ class SyntheticBenchmark:
         )
         return dict(acc, scorer=cfg.MODEL.OVD.VLM_SCORER.NAME)
 
-    def _pictures_step(self, clips: Dict[str, Dict], clipself, results: Dict) -> Dict:
-        """Visualizer pictures of val images holding a rare category, with a typed vocabulary:
-        the names of their objects plus two absent kinds, for the open-vocabulary method (not an
-        oracle) with the best APr."""
+    def _pictures_step(
+        self, clips: Dict[str, Dict], clipself, results: Dict, rare_named: Dict[str, List[int]]
+    ) -> Dict:
+        """Visualizer pictures of val images holding a rare category, with a typed vocabulary
+        (the names of their objects plus two absent kinds), for the open-vocabulary method (not
+        an oracle) with the best APr; scored from what is drawn (``tools/demo.py
+        --save-detections``).
+
+        The first ``num_pictures`` val images that hold a rare object are drawn as they come.
+        When the method's evaluation detections (the drawing selection, val vocabulary) name no
+        rare object correctly in any of them, the first val image where they do is drawn too,
+        recorded as ``selected`` with how many of the val images holding a rare object have one
+        named (``rare_named_images`` of ``rare_images``): an example, with its rate beside it.
+
+        Args:
+            rare_named: per method, the val image ids where its drawn evaluation detections name
+                a rare object correctly (from :meth:`_add_label_precision`).
+        """
         candidates = [k for k in results if not ALL_METHODS[k].oracle] or list(results)
         best = max(candidates, key=lambda k: results[k]["fused"]["APr"])
         method = ALL_METHODS[best]
-        images, vocabulary = _picture_inputs(self.data_dir, self.size.num_pictures)
+        val = _load_json(os.path.join(self.data_dir, "val.json"))
+        image_ids, selected = _picture_image_ids(val, self.size.num_pictures, rare_named[best])
+        images, vocabulary = _picture_inputs(val, self.data_dir, image_ids)
         opts = self._detector_opts(method, clips, clipself, "")
         key = {"method": best, "weights": _file_digest(results[best]["weights"]), "images": images,
                "vocabulary": vocabulary, "opts": opts, "threshold": PICTURE_THRESHOLD,
-               "top_k": PICTURE_TOP_K}  # fmt: skip
+               "top_k": PICTURE_TOP_K, "scored": "drawn"}  # fmt: skip
 
         def run(folder: str) -> Dict:
+            from ovdet_plugin.evaluation import label_precision
+
             self._run_tool(
                 folder, "demo.log",
                 ["demo.py", "--config-file", os.path.join(CONFIG_DIR, method.config),
                  "--vocabulary", ", ".join(vocabulary), "--input", *images,
                  "--output", folder, "--confidence-threshold", str(PICTURE_THRESHOLD),
-                 "--top-k", str(PICTURE_TOP_K),
-                 "--scale", "4",
+                 "--top-k", str(PICTURE_TOP_K), "--scale", "4", "--save-detections",
                  *opts, "MODEL.WEIGHTS", results[best]["weights"]],
             )  # fmt: skip
             pngs = sorted(f for f in os.listdir(folder) if f.endswith(".png"))
-            return {"method": best, "vocabulary": vocabulary, "files": pngs, "dir": folder}
+            drawn = _drawn_as_results(os.path.join(folder, "detections.json"), val, self.data_dir)
+            lp = label_precision(drawn, val, PICTURE_THRESHOLD, PICTURE_TOP_K, image_ids=image_ids)
+            return {
+                "method": best,
+                "vocabulary": vocabulary,
+                "files": pngs,
+                "dir": folder,
+                "selected": None if selected is None else _png_name(val, selected),
+                "rare_images": len(_rare_image_ids(val)),
+                "rare_named_images": len(rare_named[best]),
+                "label_precision": lp,
+                "rare_found_and_named": bool(lp.pop("rare_correct_images")),
+            }
 
         return self._step("pictures", key, run)
 
-    def _add_label_precision(self, results: Dict[str, Dict], pictures: Dict) -> None:
+    def _add_label_precision(self, results: Dict[str, Dict]) -> Dict[str, List[int]]:
         """Each method's ``label_precision`` (and ``label_precision_detector_only`` for a fused
-        one) over the whole val split, from the LVISEvaluator's saved detections; the pictures'
-        ``label_precision`` over the pictured images (the drawn method's evaluation detections,
-        scored with the val vocabulary, not the pictures' typed one)."""
+        one) over the whole val split, from the LVISEvaluator's saved detections. Returns, per
+        method, the val image ids where its drawn detections name a rare object correctly."""
         from ovdet_plugin.evaluation import label_precision
 
-        with open(os.path.join(self.data_dir, "val.json"), encoding="utf-8") as f:
-            val = json.load(f)
+        val = _load_json(os.path.join(self.data_dir, "val.json"))
 
-        def measure(folder: str, image_ids=None) -> Dict:
+        def measure(folder: str) -> Dict:
             return label_precision(
-                _evaluator_detections(folder),
-                val,
-                PICTURE_THRESHOLD,
-                PICTURE_TOP_K,
-                image_ids=image_ids,
+                _evaluator_detections(folder), val, PICTURE_THRESHOLD, PICTURE_TOP_K
             )
 
+        rare_named = {}
         for key, rec in results.items():
             folder = os.path.join(self.out_dir, key)
             rec["oracle"] = ALL_METHODS[key].oracle
             rec["label_precision"] = measure(folder)
+            rare_named[key] = rec["label_precision"].pop("rare_correct_images")
             if "detector_only" in rec:
                 rec["label_precision_detector_only"] = measure(_detector_only_dir(folder))
-            for lp in (rec["label_precision"], rec.get("label_precision_detector_only")):
-                if lp is not None:
-                    lp.pop("rare_correct_images")  # kept for the pictures only
+                rec["label_precision_detector_only"].pop("rare_correct_images")
             self.log(f"    {rec['title']}: labels correct among drawn detections: "
                      f"{format_label_precision(rec['label_precision'])}")  # fmt: skip
-        images, _ = _picture_inputs(self.data_dir, self.size.num_pictures)
-        ids = _image_ids(val, self.data_dir, images)
-        lp = measure(os.path.join(self.out_dir, pictures["method"]), ids)
-        pictures["label_precision"] = lp
-        pictures["rare_found_and_named"] = bool(lp["rare_correct_images"])
+        return rare_named
 
 
 def read_zero_shot_curve(metrics_json: str) -> List[Dict]:
@@ -1067,27 +1089,58 @@ def _evaluator_detections(folder: str) -> str:
     return path
 
 
-def _image_ids(val: Dict, data_dir: str, files: Sequence[str]) -> List[int]:
-    """The val image ids of image paths (``data_dir`` joined with the json's file names)."""
-    by_path = {os.path.join(data_dir, img["file_name"]): img["id"] for img in val["images"]}
-    return [by_path[p] for p in files]
+def _load_json(path: str):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
 
 
-def _picture_inputs(data_dir: str, count: int):
-    """The first ``count`` val images that hold a rare object, and a vocabulary typed from their
-    objects' names plus two kinds that none of them holds."""
-    with open(os.path.join(data_dir, "val.json"), encoding="utf-8") as f:
-        val = json.load(f)
-    cats = {c["id"]: c for c in val["categories"]}
-    by_image: Dict[int, List[int]] = {}
-    for a in val["annotations"]:
-        by_image.setdefault(a["image_id"], []).append(a["category_id"])
-    chosen = [i for i in sorted(by_image) if any(cats[c]["frequency"] == "r" for c in by_image[i])]
-    chosen = (chosen or sorted(by_image))[:count]
-    present = sorted({cats[c]["name"] for i in chosen for c in by_image[i]})
+def _rare_image_ids(val: Dict) -> List[int]:
+    """The ids of the val images that hold at least one rare-class object, in id order."""
+    rare = {c["id"] for c in val["categories"] if c.get("frequency") == "r"}
+    return sorted({a["image_id"] for a in val["annotations"] if a["category_id"] in rare})
+
+
+def _picture_image_ids(val: Dict, count: int, rare_named: Sequence[int]):
+    """``(ids, selected)``: the first ``count`` val images that hold a rare object (the first
+    ``count`` images when none does); plus, when none of them is in ``rare_named`` (the images
+    where the pictured method names a rare object correctly), the first image that is, returned
+    as ``selected`` too (``None`` when nothing was added)."""
+    holding = _rare_image_ids(val)
+    ids = (holding or sorted(img["id"] for img in val["images"]))[:count]
+    selected = None
+    if rare_named and not set(ids) & set(rare_named):
+        selected = min(rare_named)
+        ids.append(selected)
+    return ids, selected
+
+
+def _png_name(val: Dict, image_id: int) -> str:
+    """The picture tools/demo.py writes for a val image (its base name as .png)."""
+    name = next(img["file_name"] for img in val["images"] if img["id"] == image_id)
+    return os.path.splitext(os.path.basename(name))[0] + ".png"
+
+
+def _picture_inputs(val: Dict, data_dir: str, image_ids: Sequence[int]):
+    """The image paths of ``image_ids`` and a vocabulary typed from their objects' names plus
+    two kinds that none of them holds."""
+    cats = {c["id"]: c["name"] for c in val["categories"]}
+    present = sorted({cats[a["category_id"]] for a in val["annotations"]
+                      if a["image_id"] in set(image_ids)})  # fmt: skip
     absent = [c["name"] for c in val["categories"] if c["name"] not in present][:2]
     files = {img["id"]: img["file_name"] for img in val["images"]}
-    return [os.path.join(data_dir, files[i]) for i in chosen], present + absent
+    return [os.path.join(data_dir, files[i]) for i in image_ids], present + absent
+
+
+def _drawn_as_results(path: str, val: Dict, data_dir: str) -> List[Dict]:
+    """tools/demo.py's saved detections (``--save-detections``) as COCO results of the val
+    split: the typed names mapped to val category ids, the image paths to val image ids."""
+    by_name = {c["name"]: c["id"] for c in val["categories"]}
+    by_path = {os.path.join(data_dir, img["file_name"]): img["id"] for img in val["images"]}
+    return [
+        {"image_id": by_path[r["file_name"]], "category_id": by_name[r["category"]],
+         "bbox": r["bbox"], "score": r["score"]}  # fmt: skip
+        for r in _load_json(path)
+    ]
 
 
 def _machine() -> str:
@@ -1220,10 +1273,25 @@ def format_results_markdown(report: Dict) -> str:
     if "label_precision" in p:
         lines += [
             "",
-            f"On the pictured images ({p['method']}'s evaluation detections, val vocabulary): "
-            f"labels correct among drawn detections {format_label_precision(p['label_precision'])}"
-            f"; a rare kind found and named correctly: "
-            f"{'yes' if p['rare_found_and_named'] else 'no'}.",
+            f"On the pictures (the detections drawn, typed vocabulary): labels correct "
+            f"{format_label_precision(p['label_precision'])}; a rare kind found and named "
+            f"correctly: {'yes' if p['rare_found_and_named'] else 'no'}.",
+        ]
+    if p.get("selected"):
+        lines += [
+            "",
+            f"pictures/{p['selected']} is selected: none of the first {len(p['files']) - 1} val "
+            f"images holding a rare object had one named correctly by {p['method']} (evaluation "
+            f"detections, the drawing selection), so the first val image where one is was added. "
+            f"{p['method']} names a rare object correctly in {p['rare_named_images']} of the "
+            f"{p['rare_images']} val images that hold one.",
+        ]
+    elif "rare_named_images" in p:
+        lines += [
+            "",
+            f"{p['method']} names a rare object correctly in {p['rare_named_images']} of the "
+            f"{p['rare_images']} val images that hold one (evaluation detections, the drawing "
+            f"selection).",
         ]
     lines += [
         "",
