@@ -141,6 +141,13 @@ def test_smoke_run_produces_every_step_and_the_lvis_evaluation(smoke_run):
     with open(out / "fvlm" / "config.yaml") as f:
         assert "CLS_AGNOSTIC_MASK: true" in f.read()
     assert "Labels correct among drawn detections" in md and "a rare kind found and named" in md
+    assert f"names a rare object correctly in {pictures['rare_named_images']} of the" in md
+    # an added picture is said to be selected, with the method's rate beside it
+    from benchmarks.synthetic.pipeline import format_results_markdown
+
+    report["pictures"].update(selected="000042.png", rare_named_images=3, rare_images=5)
+    md = format_results_markdown(report)
+    assert "pictures/000042.png is selected" in md and "correctly in 3 of the 5 val images" in md
 
 
 def test_second_run_reuses_every_step(smoke_run):
