@@ -1124,8 +1124,10 @@ def _picture_inputs(val: Dict, data_dir: str, image_ids: Sequence[int]):
     """The image paths of ``image_ids`` and a vocabulary typed from their objects' names plus
     two kinds that none of them holds."""
     cats = {c["id"]: c["name"] for c in val["categories"]}
-    present = sorted({cats[a["category_id"]] for a in val["annotations"]
-                      if a["image_id"] in set(image_ids)})  # fmt: skip
+    chosen = set(image_ids)
+    present = sorted(
+        {cats[a["category_id"]] for a in val["annotations"] if a["image_id"] in chosen}
+    )
     absent = [c["name"] for c in val["categories"] if c["name"] not in present][:2]
     files = {img["id"]: img["file_name"] for img in val["images"]}
     return [os.path.join(data_dir, files[i]) for i in image_ids], present + absent
@@ -1282,7 +1284,8 @@ def format_results_markdown(report: Dict) -> str:
             "",
             f"pictures/{p['selected']} is selected: none of the first {len(p['files']) - 1} val "
             f"images holding a rare object had one named correctly by {p['method']} (evaluation "
-            f"detections, the drawing selection), so the first val image where one is was added. "
+            f"detections, the drawing selection), so the first val image where it names one was "
+            f"added. "
             f"{p['method']} names a rare object correctly in {p['rare_named_images']} of the "
             f"{p['rare_images']} val images that hold one.",
         ]
