@@ -456,7 +456,7 @@ def test_pictures_add_a_rare_find_only_when_the_first_images_have_none():
     assert _png_name(val, 5) == "000005.png"
 
 
-def test_drawn_detections_map_to_val_ids_and_score_as_drawn(tmp_path):
+def test_drawn_detections_map_to_val_ids_and_score_as_drawn():
     from benchmarks.synthetic.pipeline import _drawn_as_results
     from ovdet_plugin.evaluation import label_precision
 
@@ -467,8 +467,7 @@ def test_drawn_detections_map_to_val_ids_and_score_as_drawn(tmp_path):
         {"file_name": "/d/images/val/000002.png", "picture": "000002.png", "category": "key",
          "bbox": [0, 0, 10, 10], "score": 0.95},  # wrong: no key in image 2
     ]  # fmt: skip
-    (tmp_path / "detections.json").write_text(json.dumps(saved))
-    drawn = _drawn_as_results(str(tmp_path / "detections.json"), val, "/d")
+    drawn = _drawn_as_results(saved, val, "/d")
     assert [(d["image_id"], d["category_id"]) for d in drawn] == [(2, 1), (2, 3)]
     lp = label_precision(drawn, val, 0.8, 6, image_ids=[2])
     assert (lp["n"], lp["correct"], lp["rare_correct_images"]) == (2, 1, [2])

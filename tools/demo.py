@@ -220,7 +220,8 @@ def main(argv=None):
             failed.append(path)
             continue
         logger.info("%s: %d detections -> %s", path, len(instances), out)
-        records += detection_records(path, name, instances, vocabulary.names)
+        if args.save_detections:
+            records += detection_records(path, name, instances, vocabulary.names)
     if args.save_detections:
         saved = os.path.join(args.output, "detections.json")
         with atomic_write_path(saved) as tmp:

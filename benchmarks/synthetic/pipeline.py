@@ -948,10 +948,12 @@ class SyntheticBenchmark:
             rare_named: per method, the val image ids where its drawn evaluation detections name
                 a rare object correctly (from :meth:`_add_label_precision`).
         """
+        from ovdet_plugin.evaluation.label_precision import label_precision, load_json
+
         candidates = [k for k in results if not ALL_METHODS[k].oracle] or list(results)
         best = max(candidates, key=lambda k: results[k]["fused"]["APr"])
         method = ALL_METHODS[best]
-        val = _load_json(os.path.join(self.data_dir, "val.json"))
+        val = load_json(os.path.join(self.data_dir, "val.json"))
         image_ids, selected = _picture_image_ids(val, self.size.num_pictures, rare_named[best])
         images, vocabulary = _picture_inputs(val, self.data_dir, image_ids)
         opts = self._detector_opts(method, clips, clipself, "")
@@ -960,8 +962,6 @@ class SyntheticBenchmark:
                "top_k": PICTURE_TOP_K, "scored": "drawn"}  # fmt: skip
 
         def run(folder: str) -> Dict:
-            from ovdet_plugin.evaluation import label_precision
-
             self._run_tool(
                 folder, "demo.log",
                 ["demo.py", "--config-file", os.path.join(CONFIG_DIR, method.config),
@@ -971,7 +971,8 @@ class SyntheticBenchmark:
                  *opts, "MODEL.WEIGHTS", results[best]["weights"]],
             )  # fmt: skip
             pngs = sorted(f for f in os.listdir(folder) if f.endswith(".png"))
-            drawn = _drawn_as_results(os.path.join(folder, "detections.json"), val, self.data_dir)
+            saved = load_json(os.path.join(folder, "detections.json"))
+            drawn = _drawn_as_results(saved, val, self.data_dir)
             lp = label_precision(drawn, val, PICTURE_THRESHOLD, PICTURE_TOP_K, image_ids=image_ids)
             return {
                 "method": best,
@@ -991,9 +992,9 @@ class SyntheticBenchmark:
         """Each method's ``label_precision`` (and ``label_precision_detector_only`` for a fused
         one) over the whole val split, from the LVISEvaluator's saved detections. Returns, per
         method, the val image ids where its drawn detections name a rare object correctly."""
-        from ovdet_plugin.evaluation import label_precision
+        from ovdet_plugin.evaluation.label_precision import label_precision, load_json
 
-        val = _load_json(os.path.join(self.data_dir, "val.json"))
+        val = load_json(os.path.join(self.data_dir, "val.json"))
 
         def measure(folder: str) -> Dict:
             return label_precision(
@@ -1089,11 +1090,6 @@ def _evaluator_detections(folder: str) -> str:
     return path
 
 
-def _load_json(path: str):
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
 def _rare_image_ids(val: Dict) -> List[int]:
     """The ids of the val images that hold at least one rare-class object, in id order."""
     rare = {c["id"] for c in val["categories"] if c.get("frequency") == "r"}
@@ -1133,15 +1129,16 @@ def _picture_inputs(val: Dict, data_dir: str, image_ids: Sequence[int]):
     return [os.path.join(data_dir, files[i]) for i in image_ids], present + absent
 
 
-def _drawn_as_results(path: str, val: Dict, data_dir: str) -> List[Dict]:
-    """tools/demo.py's saved detections (``--save-detections``) as COCO results of the val
-    split: the typed names mapped to val category ids, the image paths to val image ids."""
+def _drawn_as_results(saved: Sequence[Dict], val: Dict, data_dir: str) -> List[Dict]:
+    """tools/demo.py's saved detections (``--save-detections``, its detections.json records) as
+    COCO results of the val split: the typed names mapped to val category ids, the image paths
+    to val image ids."""
     by_name = {c["name"]: c["id"] for c in val["categories"]}
     by_path = {os.path.join(data_dir, img["file_name"]): img["id"] for img in val["images"]}
     return [
         {"image_id": by_path[r["file_name"]], "category_id": by_name[r["category"]],
          "bbox": r["bbox"], "score": r["score"]}  # fmt: skip
-        for r in _load_json(path)
+        for r in saved
     ]
 
 
@@ -1279,23 +1276,19 @@ def format_results_markdown(report: Dict) -> str:
             f"{format_label_precision(p['label_precision'])}; a rare kind found and named "
             f"correctly: {'yes' if p['rare_found_and_named'] else 'no'}.",
         ]
-    if p.get("selected"):
-        lines += [
-            "",
-            f"pictures/{p['selected']} is selected: none of the first {len(p['files']) - 1} val "
-            f"images holding a rare object had one named correctly by {p['method']} (evaluation "
-            f"detections, the drawing selection), so the first val image where it names one was "
-            f"added. "
-            f"{p['method']} names a rare object correctly in {p['rare_named_images']} of the "
-            f"{p['rare_images']} val images that hold one.",
-        ]
-    elif "rare_named_images" in p:
-        lines += [
-            "",
+    if "rare_named_images" in p:
+        rate = (
             f"{p['method']} names a rare object correctly in {p['rare_named_images']} of the "
             f"{p['rare_images']} val images that hold one (evaluation detections, the drawing "
-            f"selection).",
-        ]
+            f"selection)."
+        )
+        if p.get("selected"):
+            rate = (
+                f"pictures/{p['selected']} is selected: none of the first {len(p['files']) - 1} "
+                f"val images holding a rare object had one named correctly, so the first val "
+                f"image where {p['method']} names one was added. " + rate
+            )
+        lines += ["", rate]
     lines += [
         "",
         "Step times (s; 0 = reused): "
