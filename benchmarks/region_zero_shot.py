@@ -85,6 +85,12 @@ def main(argv=None):
     if args.scale != 1.0:
         label += f", images x{args.scale:g}"
     print(f"{label}: {format_accuracy(acc)}")
+    if "top_name" in acc:
+        k = len(category_names(args.dataset, args.split))
+        print(
+            f"most frequent answer: {acc['top_name']}, {acc['top_share']:.1f}% of the boxes "
+            f"(an even spread over the {k} names: {100 / k:.1f}% each)"
+        )
     return acc
 
 

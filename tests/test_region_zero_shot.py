@@ -3,6 +3,7 @@ inside their whole images, classified by text embeddings, per frequency group.""
 
 import json
 import os
+from collections import Counter
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 from ovdet_plugin.config import get_ovdet_cfg
 from ovdet_plugin.data.synthetic import generate_synthetic_dataset
 from ovdet_plugin.evaluation.region_zero_shot import (
+    answer_bias,
     method_region_zero_shot,
     region_zero_shot_accuracy,
 )
@@ -58,6 +60,21 @@ def test_a_scorer_that_names_every_box_scores_100_and_a_constant_one_its_class_s
     share = 100.0 * sum(a["category_id"] == first["id"] for a in val["annotations"])
     constant = region_zero_shot_accuracy(root, text, BoxLookupScorer(val, text, constant=0))
     assert constant["all"] == pytest.approx(share / len(val["annotations"]))
+    # the answer given most often, and its share: all of it for the constant scorer, the
+    # commonest true class's share for the right one
+    assert (constant["top_name"], constant["top_share"]) == (first["name"], 100.0)
+    counts = Counter(a["category_id"] for a in val["annotations"])
+    assert acc["top_share"] == pytest.approx(100.0 * max(counts.values()) / sum(counts.values()))
+    names = {c["id"]: c["name"] for c in val["categories"]}
+    assert acc["top_name"] in {names[c] for c, n in counts.items() if n == max(counts.values())}
+
+
+def test_answer_bias_names_the_most_frequent_answer():
+    assert answer_bias([3, 1, 3, 3], {1: "star", 3: "anchor"}) == {
+        "top_name": "anchor",
+        "top_share": 75.0,
+    }
+    assert answer_bias([], {1: "star"}) == {}
 
 
 def test_text_rows_must_match_the_categories(dataset):

@@ -79,6 +79,10 @@ def test_smoke_run_produces_every_step_and_the_lvis_evaluation(smoke_run):
             assert region["scorer"] == scorer
             assert region["n_all"] == region["n_r"] + region["n_c"] + region["n_f"] > 0
             assert 0.0 <= region["all"] <= 100.0
+            # the scorer's most frequent answer, said beside the figure in results.md
+            assert 100.0 / 32 <= region["top_share"] <= 100.0
+            results_md = (out / "results.md").read_text()
+            assert f"its most frequent answer, {region['top_name']}, for" in results_md
         # label precision of the drawn detections, over every val image
         for lp in [rec["label_precision"]] + (
             [rec["label_precision_detector_only"]] if METHODS[key].fused else []

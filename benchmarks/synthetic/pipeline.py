@@ -1228,6 +1228,11 @@ def format_results_markdown(report: Dict) -> str:
         ]
     regions = [
         f"{rec['title']} ({z['scorer']}) rare {z['r']:.1f}%, all {z['all']:.1f}%"
+        + (
+            f" (its most frequent answer, {z['top_name']}, for {z['top_share']:.0f}% of the boxes)"
+            if "top_name" in z
+            else ""
+        )
         for rec in report["methods"].values()
         for z in [rec.get("region_zero_shot")]
         if z

@@ -12,7 +12,7 @@ pooler resolution) and its text classifier's CLIP, as the detector does at test 
 import json
 import os
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Dict, Optional, Tuple
 
 import cv2
@@ -20,7 +20,12 @@ import torch
 
 from .zero_shot_crops import group_accuracy
 
-__all__ = ["category_names", "method_region_zero_shot", "region_zero_shot_accuracy"]
+__all__ = [
+    "answer_bias",
+    "category_names",
+    "method_region_zero_shot",
+    "region_zero_shot_accuracy",
+]
 
 
 def _load_split(dataset_dir: str, split: str):
@@ -47,9 +52,13 @@ def region_zero_shot_accuracy(
     scale: float = 1.0,
     test_size: Optional[Tuple[int, int]] = None,
     size_divisibility: int = 8,
-) -> Dict[str, float]:
+) -> Dict[str, object]:
     """Accuracy (%) per frequency group, as :func:`group_accuracy` returns it, of the scorer's
-    embeddings of every ground-truth box of ``<dataset_dir>/<split>.json``.
+    embeddings of every ground-truth box of ``<dataset_dir>/<split>.json``, plus the answer the
+    scorer gives most often: ``top_name`` and ``top_share`` (% of the boxes). A low figure for
+    one group can come from a bias toward a few names rather than from region skill: a scorer
+    that names one rare kind for every box gets that kind's boxes right (see
+    :func:`answer_bias`).
 
     Args:
         dataset_dir: an LVIS-format folder (``<split>.json`` with ``frequency`` per category,
@@ -101,7 +110,19 @@ def region_zero_shot_accuracy(
         scores = scorer(x, boxes=[boxes]) @ text_embeddings.t()
         predicted += [cats[i]["id"] for i in scores.argmax(1).tolist()]
         true += [a["category_id"] for a in anns]
-    return group_accuracy(predicted, true, [frequency[c] for c in true])
+    acc = group_accuracy(predicted, true, [frequency[c] for c in true])
+    acc.update(answer_bias(predicted, {c["id"]: c["name"] for c in cats}))
+    return acc
+
+
+def answer_bias(predicted_ids, names: Dict[int, str]) -> Dict[str, object]:
+    """The most frequent answer among ``predicted_ids`` and its share of all answers:
+    ``{"top_name": str, "top_share": percent}`` (a scorer that spreads its answers evenly over K
+    names has a share near 100 / K). Empty input: ``{}``."""
+    if not predicted_ids:
+        return {}
+    top, count = Counter(predicted_ids).most_common(1)[0]
+    return {"top_name": names[top], "top_share": 100.0 * count / len(predicted_ids)}
 
 
 def _test_scale(hw, test_size: Tuple[int, int]) -> float:
@@ -126,7 +147,7 @@ def _resize(image, scale: float, divisibility: int):
 
 def method_region_zero_shot(
     cfg, dataset_dir: str, split: str = "val", scale: float = 1.0
-) -> Dict[str, float]:
+) -> Dict[str, object]:
     """:func:`region_zero_shot_accuracy` of the region scorer a detector config fuses
     (``MODEL.OVD.VLM_SCORER``), on the tower the detector's backbone loads
     (``MODEL.OVD.BACKBONE.PRETRAINED``, else ``MODEL.OVD.CLIP.PRETRAINED``), against the text
