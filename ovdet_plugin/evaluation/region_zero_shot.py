@@ -55,9 +55,9 @@ def region_zero_shot_accuracy(
 ) -> Dict[str, object]:
     """Accuracy (%) per frequency group, as :func:`group_accuracy` returns it, of the scorer's
     embeddings of every ground-truth box of ``<dataset_dir>/<split>.json``, plus the answer the
-    scorer gives most often: ``top_name`` and ``top_share`` (% of the boxes). A low figure for
-    one group can come from a bias toward a few names rather than from region skill: a scorer
-    that names one rare kind for every box gets that kind's boxes right (see
+    scorer gives most often: ``top_name`` and ``top_share`` (% of the boxes). One group's
+    figure can come from a bias toward a few of its names rather than from region skill: a
+    scorer that names one rare kind for every box gets that kind's boxes right (see
     :func:`answer_bias`).
 
     Args:
