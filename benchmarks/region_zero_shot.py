@@ -86,10 +86,9 @@ def main(argv=None):
         label += f", images x{args.scale:g}"
     print(f"{label}: {format_accuracy(acc)}")
     if "top_name" in acc:
-        k = len(category_names(args.dataset, args.split))
         print(
             f"most frequent answer: {acc['top_name']}, {acc['top_share']:.1f}% of the boxes "
-            f"(an even spread over the {k} names: {100 / k:.1f}% each)"
+            f"(an even spread over the names: {acc['even_share']:.1f}% each)"
         )
     return acc
 

@@ -63,6 +63,7 @@ def test_a_scorer_that_names_every_box_scores_100_and_a_constant_one_its_class_s
     # the answer given most often, and its share: all of it for the constant scorer, the
     # commonest true class's share for the right one
     assert (constant["top_name"], constant["top_share"]) == (first["name"], 100.0)
+    assert constant["even_share"] == pytest.approx(100.0 / k)
     counts = Counter(a["category_id"] for a in val["annotations"])
     assert acc["top_share"] == pytest.approx(100.0 * max(counts.values()) / sum(counts.values()))
     names = {c["id"]: c["name"] for c in val["categories"]}
@@ -73,6 +74,7 @@ def test_answer_bias_names_the_most_frequent_answer():
     assert answer_bias([3, 1, 3, 3], {1: "star", 3: "anchor"}) == {
         "top_name": "anchor",
         "top_share": 75.0,
+        "even_share": 50.0,
     }
     assert answer_bias([], {1: "star"}) == {}
 

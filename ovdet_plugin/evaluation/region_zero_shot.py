@@ -55,10 +55,10 @@ def region_zero_shot_accuracy(
 ) -> Dict[str, object]:
     """Accuracy (%) per frequency group, as :func:`group_accuracy` returns it, of the scorer's
     embeddings of every ground-truth box of ``<dataset_dir>/<split>.json``, plus the answer the
-    scorer gives most often: ``top_name`` and ``top_share`` (% of the boxes). One group's
-    figure can come from a bias toward a few of its names rather than from region skill: a
-    scorer that names one rare kind for every box gets that kind's boxes right (see
-    :func:`answer_bias`).
+    scorer gives most often: ``top_name``, ``top_share`` (% of the boxes) and ``even_share``
+    (100 / K). One group's figure can come from a bias toward a few of its names rather than
+    from region skill: a scorer that names one rare kind for every box gets that kind's boxes
+    right (see :func:`answer_bias`).
 
     Args:
         dataset_dir: an LVIS-format folder (``<split>.json`` with ``frequency`` per category,
@@ -116,13 +116,17 @@ def region_zero_shot_accuracy(
 
 
 def answer_bias(predicted_ids, names: Dict[int, str]) -> Dict[str, object]:
-    """The most frequent answer among ``predicted_ids`` and its share of all answers:
-    ``{"top_name": str, "top_share": percent}`` (a scorer that spreads its answers evenly over K
-    names has a share near 100 / K). Empty input: ``{}``."""
+    """The most frequent answer among ``predicted_ids`` and its share of all answers, beside the
+    share of a scorer that spreads its answers evenly over the K ``names``:
+    ``{"top_name": str, "top_share": percent, "even_share": 100 / K}``. Empty input: ``{}``."""
     if not predicted_ids:
         return {}
     top, count = Counter(predicted_ids).most_common(1)[0]
-    return {"top_name": names[top], "top_share": 100.0 * count / len(predicted_ids)}
+    return {
+        "top_name": names[top],
+        "top_share": 100.0 * count / len(predicted_ids),
+        "even_share": 100.0 / len(names),
+    }
 
 
 def _test_scale(hw, test_size: Tuple[int, int]) -> float:
