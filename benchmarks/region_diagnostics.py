@@ -11,16 +11,27 @@ region scorer (F-VLM's and RO-ViT's, methods §2.3) on a generated dataset's val
    (as the detectors run it), ``winN`` (attention inside N x N-token windows in every block) or
    ``tileS`` (the tower on its native-size tiles, stride S px, overlapping maps averaged: each
    token sees only its tile, with the native positional embedding).
+4. ``--canvas``: each val crop placed in the top-left quarter of a twice-as-large canvas, then
+   scored by the avgpool scorer over its own box (every token: 8x8 bins). The canvas is filled
+   with ``gray`` or with three other val crops (``crops``), and the tower's positional
+   embedding is either resampled to the larger grid (``resampled``, as the detectors run it) or
+   the native grid repeated in each quarter (``tiled``: the crop's tokens get exactly the
+   embedding they had in pretraining). Against the full-box check (the crop alone, same bins),
+   this separates the grid from the other tokens in the attention.
 
     python benchmarks/region_diagnostics.py --dataset DIR --checkpoint tiny_clip.pt
+    python benchmarks/region_diagnostics.py --dataset DIR --checkpoint tiny_clip.pt \
+        --scales --pooler-resolutions 8 --canvas gray:resampled gray:tiled crops:tiled
 """
 
 import argparse
+from unittest import mock
 
 import torch
 import torch.nn.functional as F
 
 from ovdet_plugin.clip import build_clip_model, clip_image_size, get_clip_tokenizer
+from ovdet_plugin.clip import dense as dense_module
 from ovdet_plugin.clip.crops import normalize_for_clip
 from ovdet_plugin.clip.dense import DenseCLIPViT
 from ovdet_plugin.clip.text_embeddings import encode_vocabulary
@@ -82,6 +93,58 @@ def full_box_check(model, text, crops, pooler_resolution: int):
     return acc(region), acc(image), F.cosine_similarity(region, image).mean().item()
 
 
+def tiled_pos_embed(pos_embed: torch.Tensor, native_grid, grid) -> torch.Tensor:
+    """The native (gh, gw) patch grid of a (1 + gh*gw, C) positional embedding repeated to cover
+    (h, w) (multiples of gh, gw), class-token entry first: each native-size tile of the input
+    gets the pretraining embedding. (The detectors resample it instead:
+    :func:`ovdet_plugin.clip.dense.interpolate_pos_embed`.)"""
+    gh, gw = int(native_grid[0]), int(native_grid[1])
+    h, w = int(grid[0]), int(grid[1])
+    if h % gh or w % gw:
+        raise ValueError(f"Grid {h}x{w} is not a multiple of the native grid {gh}x{gw}.")
+    patch = pos_embed[1:].reshape(gh, gw, -1).repeat(h // gh, w // gw, 1)
+    return torch.cat([pos_embed[:1], patch.reshape(h * w, -1)], dim=0)
+
+
+def canvas_images(crops: torch.Tensor, index: int, fill: str, generator: torch.Generator):
+    """(1, 3, 2S, 2S) canvas with crop ``index`` (of ``crops``: (N, 3, S, S) in [0, 1]) in its
+    top-left quarter; the rest gray (``fill`` "gray") or three random other crops ("crops")."""
+    n, _, s, _ = crops.shape
+    if fill == "gray":
+        canvas = crops.new_full((1, 3, 2 * s, 2 * s), 0.5)
+        canvas[:, :, :s, :s] = crops[index]
+        return canvas
+    if fill != "crops":
+        raise ValueError(f"Unknown canvas fill {fill!r}: use 'gray' or 'crops'.")
+    a, b, c = crops[torch.randint(0, n, (3,), generator=generator)]
+    top = torch.cat([crops[index], a], dim=2)
+    return torch.cat([top, torch.cat([b, c], dim=2)], dim=1)[None]
+
+
+@torch.no_grad()
+def canvas_check(model, text, crops, fill: str, pos: str, seed: int = 0) -> float:
+    """Region-scorer top-1 % of each crop on a canvas (see the module docstring, check 4)."""
+    if pos not in ("resampled", "tiled"):
+        raise ValueError(f"Unknown positional embedding {pos!r}: use 'resampled' or 'tiled'.")
+    images = crops["images"]
+    size = images.shape[-1]
+    truth = torch.tensor(crops["category_ids"])
+    ids = torch.tensor([c["id"] for c in crops["categories"]])
+    scorer = AvgPoolRegionScorer(model.visual, pooler_resolution=8).eval()
+    box = torch.tensor([[0.0, 0.0, float(size), float(size)]])
+    generator = torch.Generator().manual_seed(seed)
+    resample = tiled_pos_embed if pos == "tiled" else dense_module.interpolate_pos_embed
+    with mock.patch.object(dense_module, "interpolate_pos_embed", resample):
+        region = torch.cat(
+            [
+                scorer(normalize_for_clip(canvas_images(images, i, fill, generator)), boxes=box)
+                for i in range(len(images))
+            ]
+        )
+    pred = ids[(F.normalize(region, dim=-1) @ F.normalize(text, dim=-1).t()).argmax(1)]
+    return 100.0 * (pred == truth).float().mean().item()
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", required=True)
@@ -90,6 +153,12 @@ def main(argv=None):
     p.add_argument("--scales", type=float, nargs="*", default=[1.0, 0.5])
     p.add_argument("--pooler-resolutions", type=int, nargs="*", default=[4, 8])
     p.add_argument("--towers", nargs="*", default=[], help="e.g. global win8 win4 tile64 tile32")
+    p.add_argument(
+        "--canvas",
+        nargs="*",
+        default=[],
+        help="FILL:POS pairs, FILL gray or crops, POS resampled or tiled (check 4)",
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     model = build_clip_model(args.model_name, args.checkpoint).eval()
@@ -111,6 +180,11 @@ def main(argv=None):
         )
         acc = region_zero_shot_accuracy(args.dataset, text, local)["all"]
         print(f"boxes in the whole image, tower {variant}: region top-1 {acc:.1f}%")
+    for spec in args.canvas:
+        fill, _, pos = spec.partition(":")
+        acc = canvas_check(model, text, crops, fill, pos or "resampled")
+        print(f"crop on a 2x canvas, {fill} around it, {pos or 'resampled'} positions: "
+              f"region top-1 {acc:.1f}%")  # fmt: skip
 
 
 if __name__ == "__main__":
