@@ -74,23 +74,28 @@ class LocalTowerScorer(AvgPoolRegionScorer):
         return out / count
 
 
+def crop_top1(embeddings: torch.Tensor, text: torch.Tensor, crops) -> float:
+    """Top-1 % of (N, D) crop embeddings against the (K, D) text rows of ``crops["categories"]``
+    (cosine similarity), scored against ``crops["category_ids"]``."""
+    truth = torch.tensor(crops["category_ids"])
+    ids = torch.tensor([c["id"] for c in crops["categories"]])
+    scores = F.normalize(embeddings, dim=-1) @ F.normalize(text, dim=-1).t()
+    return 100.0 * (ids[scores.argmax(1)] == truth).float().mean().item()
+
+
 @torch.no_grad()
 def full_box_check(model, text, crops, pooler_resolution: int):
     """(region-scorer top-1 %, image-encoder top-1 %, mean cosine of the two embeddings) on the
     crops, the region being each whole crop."""
     x = normalize_for_clip(crops["images"])
-    truth = torch.tensor(crops["category_ids"])
-    ids = torch.tensor([c["id"] for c in crops["categories"]])
     image = F.normalize(model.encode_image(x), dim=-1)
     scorer = AvgPoolRegionScorer(model.visual, pooler_resolution=pooler_resolution)
     box = torch.tensor([[0.0, 0.0, float(x.shape[-1]), float(x.shape[-2])]])
     region = F.normalize(
         torch.cat([scorer(x[i : i + 1], boxes=box) for i in range(len(x))]), dim=-1
     )
-    acc = (
-        lambda e: 100.0 * (ids[(e @ text.t()).argmax(1)] == truth).float().mean().item()
-    )  # noqa: E731
-    return acc(region), acc(image), F.cosine_similarity(region, image).mean().item()
+    cosine = F.cosine_similarity(region, image).mean().item()
+    return crop_top1(region, text, crops), crop_top1(image, text, crops), cosine
 
 
 def tiled_pos_embed(pos_embed: torch.Tensor, native_grid, grid) -> torch.Tensor:
@@ -128,8 +133,6 @@ def canvas_check(model, text, crops, fill: str, pos: str, seed: int = 0) -> floa
         raise ValueError(f"Unknown positional embedding {pos!r}: use 'resampled' or 'tiled'.")
     images = crops["images"]
     size = images.shape[-1]
-    truth = torch.tensor(crops["category_ids"])
-    ids = torch.tensor([c["id"] for c in crops["categories"]])
     scorer = AvgPoolRegionScorer(model.visual, pooler_resolution=8).eval()
     box = torch.tensor([[0.0, 0.0, float(size), float(size)]])
     generator = torch.Generator().manual_seed(seed)
@@ -141,8 +144,7 @@ def canvas_check(model, text, crops, fill: str, pos: str, seed: int = 0) -> floa
                 for i in range(len(images))
             ]
         )
-    pred = ids[(F.normalize(region, dim=-1) @ F.normalize(text, dim=-1).t()).argmax(1)]
-    return 100.0 * (pred == truth).float().mean().item()
+    return crop_top1(region, text, crops)
 
 
 def main(argv=None):
@@ -182,9 +184,9 @@ def main(argv=None):
         print(f"boxes in the whole image, tower {variant}: region top-1 {acc:.1f}%")
     for spec in args.canvas:
         fill, _, pos = spec.partition(":")
-        acc = canvas_check(model, text, crops, fill, pos or "resampled")
-        print(f"crop on a 2x canvas, {fill} around it, {pos or 'resampled'} positions: "
-              f"region top-1 {acc:.1f}%")  # fmt: skip
+        pos = pos or "resampled"
+        acc = canvas_check(model, text, crops, fill, pos)
+        print(f"crop on a 2x canvas, {fill} around it, {pos} positions: region top-1 {acc:.1f}%")
 
 
 if __name__ == "__main__":
