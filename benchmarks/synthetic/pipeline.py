@@ -157,7 +157,7 @@ class BenchmarkSize:
     # ``from_scratch``: caption images (scene crops) of the caption folder, and the pretraining
     # run of tools/pretrain_rovit.py (SOLVER.MAX_ITER, IMS_PER_BATCH, BASE_LR).
     pretrain_pool: int = 100000
-    pretrain_steps: int = 8000
+    pretrain_steps: int = 16000  # the ViT (configs/pretraining/tiny_synthetic.yaml)
     pretrain_steps_rn: int = 4000  # the ResNet (configs/pretraining/tiny_synthetic_rn.yaml)
     pretrain_batch: int = 128
     pretrain_lr: float = 2e-3
