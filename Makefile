@@ -20,7 +20,8 @@ demo: install
 # Everything from nothing plus the ablation table (3 seeds): the tiny CLIP is pretrained here too,
 # by tools/pretrain_rovit.py with configs/pretraining/tiny_synthetic.yaml on a caption folder
 # written by tools/generate_synthetic_data.py --pretrain-style scene_crops, the two side by side
-# (the main run: 59 min on a 2-core AMD EPYC; the ablations: hours more; README).
+# (the main run: 59 min on a 2-core AMD EPYC with the former 8000-step ViT, about 1 h 40 min to
+# 2 h estimated with today's 16000 steps; the ablations: hours more; README).
 benchmark-synthetic: install
 	$(PY) tools/run_synthetic_benchmark.py --output output/synthetic_benchmark_full \
 		--from-scratch --ablations

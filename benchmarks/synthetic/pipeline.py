@@ -146,7 +146,7 @@ DEFAULT_PRETRAIN_VARIANT = "multipos"
 
 @dataclass(frozen=True)
 class BenchmarkSize:
-    """Every size of a run. ``default`` takes 14.5-15 minutes on a 2-core CPU (with the
+    """Every size of a run. ``default`` takes 11.5-22 minutes on 2-core CPUs (with the
     shipped tiny CLIPs); ``smoke`` is the test suite's run."""
 
     num_train: int = 1000
