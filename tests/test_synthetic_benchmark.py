@@ -4,6 +4,7 @@ the smallest size, step reuse, the shipped tiny CLIP, and the ablation table."""
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -235,6 +236,29 @@ def test_shipped_tiny_clip_matches_its_record(path, model_name):
 
     model = build_clip_model(record["model_name"], path)  # strict state-dict load
     assert model.visual.image_size in (64, (64, 64))
+
+
+@pytest.mark.parametrize(
+    "tower, size_field", [("vit", "pretrain_steps"), ("rn", "pretrain_steps_rn")]
+)
+def test_shipped_tiny_clip_schedule_is_the_configs_and_the_benchmarks(tower, size_field):
+    """The shipped file is what its config and ``--from-scratch`` train: the iterations of its
+    recorded pretraining command (its SOLVER.MAX_ITER override, else the config's) equal the
+    config's SOLVER.MAX_ITER and the default size's pretraining steps."""
+    from detectron2.config import get_cfg
+
+    from ovdet_plugin.config import add_ovdet_config
+
+    clip = TINY_CLIPS[tower]
+    with open(os.path.splitext(clip.shipped)[0] + ".json") as f:
+        command = json.load(f)["commands"][1]
+    assert os.path.relpath(clip.pretrain_config, REPO_ROOT) in command
+    cfg = get_cfg()
+    add_ovdet_config(cfg)
+    cfg.merge_from_file(clip.pretrain_config)
+    override = re.search(r"SOLVER\.MAX_ITER (\d+)", command)
+    recorded = int(override.group(1)) if override else cfg.SOLVER.MAX_ITER
+    assert recorded == cfg.SOLVER.MAX_ITER == getattr(SIZES["default"], size_field)
 
 
 def test_corrupt_checkpoint_is_refused_with_a_clear_message(tmp_path):
