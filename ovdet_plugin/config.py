@@ -307,6 +307,13 @@ def _add_backbone_config(cfg: CN) -> None:
     # use_frozen_vlm, methods §4.3; a fine-tuned F-ViT). True forces that copy even for a frozen
     # backbone.
     _C.MODEL.OVD.VLM_SCORER.FROZEN_COPY = False
+    # ViT scorers only ("dense", "avgpool"): 0 = run the tower on the whole image (the papers);
+    # N > 0 = run it on N x N-pixel windows and average the overlapping maps, each token seeing
+    # only its window at the size a small tower was pretrained at. A departure from the papers,
+    # for towers pretrained on small images (the generated-data benchmark's RO-ViT: 64).
+    _C.MODEL.OVD.VLM_SCORER.TOWER_WINDOW = 0
+    # Pixels between windows with TOWER_WINDOW > 0; 0 = half the window.
+    _C.MODEL.OVD.VLM_SCORER.TOWER_WINDOW_STRIDE = 0
 
 
 def _add_pretraining_config(cfg: CN) -> None:

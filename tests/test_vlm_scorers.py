@@ -274,3 +274,34 @@ def test_a_scorer_registered_outside_the_package_is_built_and_used():
         assert calls and calls[0][0] > 0
     finally:
         VLM_SCORER_REGISTRY._obj_map.pop("test_constant_scorer")
+
+
+def test_avgpool_tower_windows_average_the_window_maps():
+    """TOWER_WINDOW: each cell of the map is the mean of the maps of the windows covering it; a
+    window as large as the image is the whole-image map; a ResNet scorer or a window that is not
+    a multiple of the patch is refused by name; a frozen backbone's map is not read."""
+    torch.manual_seed(0)
+    model = build_clip_model("ovdet-tiny-vit-avg")  # patch 8, 64-px input
+    x = torch.randn(2, 3, 128, 96)
+    whole = AvgPoolRegionScorer(model.visual)
+    same = AvgPoolRegionScorer(model.visual, window=128)
+    torch.testing.assert_close(same.tower_map(x), whole.tower_map(x))
+    tiles = AvgPoolRegionScorer(model.visual, window=64, window_stride=64)  # last column flush
+    assert tiles._window_starts(128) == [0, 64] and tiles._window_starts(96) == [0, 32]
+    out = tiles.tower_map(x)
+    assert out.shape == whole.tower_map(x).shape == (2, 64, 16, 12)
+    top_left = whole.tower_map(x[:, :, :64, :64])
+    torch.testing.assert_close(out[..., :8, :4], top_left[..., :, :4])  # one window only
+    right = whole.tower_map(x[:, :, :64, 32:96])  # the flush window of the first row
+    torch.testing.assert_close(out[..., :8, 4:8], (top_left[..., :, 4:] + right[..., :, :4]) / 2)
+    halves = AvgPoolRegionScorer(model.visual, window=64)  # stride 32 by default
+    assert halves.window_stride == 32 and not torch.allclose(halves.tower_map(x), out)
+    with pytest.raises(ValueError, match="multiples of the tower's patch size"):
+        AvgPoolRegionScorer(model.visual, window=60)
+    cfg = load_test_config("tiny_clip_rn_fpn.yaml", **{"MODEL.OVD.VLM_SCORER.TOWER_WINDOW": 64})
+    with pytest.raises(ValueError, match="TOWER_WINDOW .* the 'attnpool' scorer's tower is a CLIP"):
+        build_vlm_scorer(cfg)
+    cfg = load_test_config("tiny_clip_vit_sfp", **{"MODEL.OVD.VLM_SCORER.TOWER_WINDOW": 32})
+    backbone = build_backbone(cfg)
+    scorer = build_vlm_scorer(cfg, backbone=backbone)
+    assert scorer.shared and not scorer.reads_backbone_map and scorer.window == 32

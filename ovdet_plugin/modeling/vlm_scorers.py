@@ -348,16 +348,33 @@ class AttnPoolRegionScorer(_TowerScorer):
 
 
 class _ViTTowerScorer(_TowerScorer):
-    """Shared part of the ViT scorers: the tower wrapped in :class:`DenseCLIPViT`."""
+    """Shared part of the ViT scorers: the tower wrapped in :class:`DenseCLIPViT`.
+
+    With ``window`` > 0 the tower runs on ``window`` x ``window``-pixel windows of the image
+    (every ``window_stride`` pixels, the last row and column of windows flush with the image's
+    edge) and the overlapping maps are averaged: each token attends only inside its window,
+    at the size a small tower was pretrained at. The papers run the tower on the whole image
+    (``window`` 0); see ``MODEL.OVD.VLM_SCORER.TOWER_WINDOW``.
+    """
 
     tower_kind = "vit"
     #: the last block the scorer's map comes from runs value-only (CLIPSelf) or not
     value_only_last: bool = False
 
-    def __init__(self, visual: nn.Module, **kwargs):
+    def __init__(self, visual: nn.Module, *, window: int = 0, window_stride: int = 0, **kwargs):
         super().__init__(visual, **kwargs)
         # the wrapper adds no parameter; a plain attribute keeps the tower out of the module tree
         object.__setattr__(self, "dense", DenseCLIPViT(visual))
+        self.window = int(window)
+        self.window_stride = int(window_stride) or self.window // 2
+        patch = self.dense.patch_size[0]
+        if self.window < 0 or self.window % patch or self.window_stride % patch:
+            raise ValueError(
+                f"MODEL.OVD.VLM_SCORER.TOWER_WINDOW ({self.window}) and TOWER_WINDOW_STRIDE "
+                f"({self.window_stride}) must be multiples of the tower's patch size ({patch}) "
+                "and the window >= 0 (0 = the whole image): e.g. the tower's input size and half "
+                "of it."
+            )
 
     @property
     def tower_stride(self) -> int:
@@ -368,9 +385,41 @@ class _ViTTowerScorer(_TowerScorer):
         return self.dense.embed_dim
 
     def tower_map(self, images: torch.Tensor) -> torch.Tensor:
+        H, W = images.shape[-2:]
+        if self.window and (H > self.window or W > self.window):
+            return self._windowed_map(images)
+        return self._whole_map(images)
+
+    def _whole_map(self, images: torch.Tensor) -> torch.Tensor:
         x, grid = self.dense.embed(images)
         x, _ = self.dense.run_blocks(x, grid, value_only_last=self.value_only_last)
         return DenseCLIPViT.tokens_to_map(x, grid)
+
+    def _window_starts(self, size: int):
+        """Start offsets (pixels) of the windows along one side of ``size`` pixels."""
+        if size <= self.window:
+            return [0]
+        starts = list(range(0, size - self.window + 1, self.window_stride))
+        if starts[-1] + self.window < size:  # flush with the edge
+            starts.append(size - self.window)
+        return starts
+
+    def _windowed_map(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, C, H/p, W/p): the mean of the tower maps of the windows that
+        cover each cell (H and W multiples of the patch size p, as the padded images are)."""
+        p = self.dense.patch_size[0]
+        H, W = images.shape[-2:]
+        total, count = None, images.new_zeros(1, 1, H // p, W // p)
+        for y in self._window_starts(H):
+            for x in self._window_starts(W):
+                h, w = min(self.window, H), min(self.window, W)
+                m = self._whole_map(images[:, :, y : y + h, x : x + w])
+                if total is None:
+                    total = images.new_zeros(images.shape[0], m.shape[1], H // p, W // p)
+                cells = (..., slice(y // p, (y + h) // p), slice(x // p, (x + w) // p))
+                total[cells] += m
+                count[cells] += 1
+        return total / count
 
 
 class DenseRegionScorer(_ViTTowerScorer):
@@ -477,8 +526,23 @@ def _crop_args(cfg) -> dict:
     return {"aligned": True, "sampling_ratio": sc.POOLER_SAMPLING_RATIO}
 
 
-def _why_not_backbone_map(scorer_cls, trunk) -> str:
+def _window_args(cfg, scorer_cls) -> dict:
+    """``window`` / ``window_stride`` of ``TOWER_WINDOW`` for a ViT scorer ({} when it is 0)."""
+    sc = cfg.MODEL.OVD.VLM_SCORER
+    if not sc.TOWER_WINDOW:
+        return {}
+    if scorer_cls.tower_kind != "vit":
+        raise ValueError(
+            f"MODEL.OVD.VLM_SCORER.TOWER_WINDOW ({sc.TOWER_WINDOW}) runs a ViT tower on windows; "
+            f"the {sc.NAME!r} scorer's tower is a CLIP {scorer_cls.tower_kind}: set it to 0."
+        )
+    return {"window": sc.TOWER_WINDOW, "window_stride": sc.TOWER_WINDOW_STRIDE}
+
+
+def _why_not_backbone_map(scorer_cls, trunk, window: int = 0) -> str:
     """Why the frozen backbone trunk does not compute the map the scorer pools ("" if it does)."""
+    if window:
+        return f"the scorer runs the tower on {window}-px windows (VLM_SCORER.TOWER_WINDOW)"
     if scorer_cls.tower_kind == "vit" and trunk.value_only_last_block != scorer_cls.value_only_last:
         mode = {True: "value-only", False: "with attention"}
         return (
@@ -504,6 +568,7 @@ def _build_tower_scorer(cfg, scorer_cls, backbone: Optional[nn.Module]):
             f"tower, got a {kind} tower ({type(visual).__name__}). Use 'attnpool' for CLIP "
             "ResNets, 'dense' or 'avgpool' for CLIP ViTs (MODEL.OVD.VLM_SCORER.NAME)."
         )
+    window = _window_args(cfg, scorer_cls)
     shared, reads_map = False, False
     if trunk is None:
         how = (
@@ -518,7 +583,7 @@ def _build_tower_scorer(cfg, scorer_cls, backbone: Optional[nn.Module]):
             how = f"a frozen copy of the backbone's tower ({why})"
         else:
             shared = True
-            reason = _why_not_backbone_map(scorer_cls, trunk)
+            reason = _why_not_backbone_map(scorer_cls, trunk, window.get("window", 0))
             reads_map = not reason
             if reads_map:
                 trunk.expose_tower_map()
@@ -531,9 +596,10 @@ def _build_tower_scorer(cfg, scorer_cls, backbone: Optional[nn.Module]):
         shared=shared,
         reads_backbone_map=reads_map,
         **_crop_args(cfg),
+        **window,
     )
     logger.info(
-        "VLM scorer %s on %s; RoIAlign %dx%d at stride %d, aligned=%s, sampling_ratio=%d",
+        "VLM scorer %s on %s; RoIAlign %dx%d at stride %d, aligned=%s, sampling_ratio=%d%s",
         scorer_cls.__name__,
         how,
         scorer.pooler_resolution,
@@ -541,6 +607,7 @@ def _build_tower_scorer(cfg, scorer_cls, backbone: Optional[nn.Module]):
         scorer.tower_stride,
         scorer.aligned,
         scorer.sampling_ratio,
+        f"; tower on {scorer.window}-px windows every {scorer.window_stride} px" if window else "",
     )
     return scorer
 
