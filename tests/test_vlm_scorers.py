@@ -296,8 +296,9 @@ def test_avgpool_tower_windows_average_the_window_maps():
     torch.testing.assert_close(out[..., :8, 4:8], (top_left[..., :, 4:] + right[..., :, :4]) / 2)
     halves = AvgPoolRegionScorer(model.visual, window=64)  # stride 32 by default
     assert halves.window_stride == 32 and not torch.allclose(halves.tower_map(x), out)
-    with pytest.raises(ValueError, match="multiples of the tower's patch size"):
-        AvgPoolRegionScorer(model.visual, window=60)
+    for bad in ({"window": 60}, {"window": 64, "window_stride": -32}, {"window": -64}):
+        with pytest.raises(ValueError, match="multiples of the tower's patch size"):
+            AvgPoolRegionScorer(model.visual, **bad)
     cfg = load_test_config("tiny_clip_rn_fpn.yaml", **{"MODEL.OVD.VLM_SCORER.TOWER_WINDOW": 64})
     with pytest.raises(ValueError, match="TOWER_WINDOW .* the 'attnpool' scorer's tower is a CLIP"):
         build_vlm_scorer(cfg)

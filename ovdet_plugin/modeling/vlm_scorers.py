@@ -368,12 +368,13 @@ class _ViTTowerScorer(_TowerScorer):
         self.window = int(window)
         self.window_stride = int(window_stride) or self.window // 2
         patch = self.dense.patch_size[0]
-        if self.window < 0 or self.window % patch or self.window_stride % patch:
+        bad_stride = self.window_stride <= 0 or self.window_stride % patch
+        if self.window < 0 or self.window % patch or (self.window and bad_stride):
             raise ValueError(
                 f"MODEL.OVD.VLM_SCORER.TOWER_WINDOW ({self.window}) and TOWER_WINDOW_STRIDE "
                 f"({self.window_stride}) must be multiples of the tower's patch size ({patch}) "
-                "and the window >= 0 (0 = the whole image): e.g. the tower's input size and half "
-                "of it."
+                "and positive (a window of 0 = the whole image): e.g. the tower's input size and "
+                "half of it."
             )
 
     @property
