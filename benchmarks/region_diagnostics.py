@@ -41,37 +41,25 @@ from ovdet_plugin.modeling.vlm_scorers import AvgPoolRegionScorer
 
 
 class LocalTowerScorer(AvgPoolRegionScorer):
-    """The avgpool scorer on a tower map computed with local attention (see ``--towers``)."""
+    """The avgpool scorer on a tower map computed with local attention (see ``--towers``):
+    ``winN`` here, ``tileS`` through the scorer's own windows (``TOWER_WINDOW``: windows of the
+    tower's input size ``tile``, stride S)."""
 
     def __init__(self, visual, variant: str, tile: int, **kwargs):
+        if variant.startswith("tile"):
+            kwargs.update(window=tile, window_stride=int(variant[4:]))
         super().__init__(visual, **kwargs)
-        self.variant, self.tile = variant, tile
+        self.variant = variant
 
     def tower_map(self, images: torch.Tensor) -> torch.Tensor:
-        if self.variant == "global":
-            return super().tower_map(images)
-        if self.variant.startswith("win"):
-            x, grid = self.dense.embed(images)
-            blocks = range(self.dense.num_layers)
-            x, _ = self.dense.run_blocks(
-                x, grid, window_size=int(self.variant[3:]), window_block_indexes=blocks
-            )
-            return DenseCLIPViT.tokens_to_map(x, grid)
-        stride, t, p = int(self.variant[4:]), self.tile, self.dense.patch_size[0]
-        H, W = images.shape[-2:]
-        out = images.new_zeros(images.shape[0], self.dense.width, H // p, W // p)
-        count = images.new_zeros(1, 1, H // p, W // p)
-        for y in range(0, H - t + 1, stride):
-            for x in range(0, W - t + 1, stride):
-                cell = (
-                    slice(None),
-                    slice(None),
-                    slice(y // p, (y + t) // p),
-                    slice(x // p, (x + t) // p),
-                )
-                out[cell] += super().tower_map(images[:, :, y : y + t, x : x + t])
-                count[cell] += 1
-        return out / count
+        if not self.variant.startswith("win"):
+            return super().tower_map(images)  # global, or the windows of a tileS variant
+        x, grid = self.dense.embed(images)
+        blocks = range(self.dense.num_layers)
+        x, _ = self.dense.run_blocks(
+            x, grid, window_size=int(self.variant[3:]), window_block_indexes=blocks
+        )
+        return DenseCLIPViT.tokens_to_map(x, grid)
 
 
 def crop_top1(embeddings: torch.Tensor, text: torch.Tensor, crops) -> float:

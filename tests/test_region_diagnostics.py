@@ -7,7 +7,12 @@ import pytest
 import torch
 
 import benchmarks.region_diagnostics as diagnostics
-from benchmarks.region_diagnostics import canvas_check, canvas_images, tiled_pos_embed
+from benchmarks.region_diagnostics import (
+    LocalTowerScorer,
+    canvas_check,
+    canvas_images,
+    tiled_pos_embed,
+)
 from ovdet_plugin.clip import build_clip_model
 from ovdet_plugin.clip import dense as dense_module
 
@@ -62,3 +67,17 @@ def test_canvas_check_scores_every_crop_and_restores_the_resampling(one_torch_th
     assert spy.call_count == 6 and all(c.args[2] == (16, 16) for c in spy.call_args_list)
     with pytest.raises(ValueError, match="positional embedding"):
         canvas_check(model, text, crops, "gray", "bicubic")
+
+
+def test_tile_towers_run_the_tower_on_its_native_tiles():
+    """``--towers tileS``: the scorer's own windows at the tower's input size, stride S; with S
+    equal to the input size each quarter of a 2x image is that quarter's own map."""
+    torch.manual_seed(0)
+    model = build_clip_model("ovdet-tiny-vit-avg")  # 64-px input, patch 8
+    x = torch.randn(1, 3, 128, 128)
+    tiles = LocalTowerScorer(model.visual, "tile64", 64)
+    assert (tiles.window, tiles.window_stride) == (64, 64)
+    out, glob = tiles.tower_map(x), LocalTowerScorer(model.visual, "global", 64)
+    assert glob.window == 0 and out.shape == glob.tower_map(x).shape == (1, 64, 16, 16)
+    quarter = glob.tower_map(x[:, :, 64:, :64])
+    torch.testing.assert_close(out[..., 8:, :8], quarter)

@@ -410,15 +410,13 @@ class _ViTTowerScorer(_TowerScorer):
         cover each cell (H and W multiples of the patch size p, as the padded images are)."""
         p = self.dense.patch_size[0]
         H, W = images.shape[-2:]
-        total, count = None, images.new_zeros(1, 1, H // p, W // p)
+        h, w = min(self.window, H), min(self.window, W)
+        total = images.new_zeros(images.shape[0], self.dense.width, H // p, W // p)
+        count = images.new_zeros(1, 1, H // p, W // p)
         for y in self._window_starts(H):
             for x in self._window_starts(W):
-                h, w = min(self.window, H), min(self.window, W)
-                m = self._whole_map(images[:, :, y : y + h, x : x + w])
-                if total is None:
-                    total = images.new_zeros(images.shape[0], m.shape[1], H // p, W // p)
                 cells = (..., slice(y // p, (y + h) // p), slice(x // p, (x + w) // p))
-                total[cells] += m
+                total[cells] += self._whole_map(images[:, :, y : y + h, x : x + w])
                 count[cells] += 1
         return total / count
 
