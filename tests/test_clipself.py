@@ -1,5 +1,6 @@
 """CLIPSelf (methods §3.1-3.7): grid sampling, crops, RoI features, loss, training, ensembling."""
 
+import copy
 import json
 import os
 
@@ -159,6 +160,37 @@ def test_train_blocks_and_errors():
         _model(image_size=100)
     with pytest.raises(TypeError, match="VisionTransformer"):
         CLIPSelfModel(clip_model=build_clip_model("ovdet-tiny-rn"))
+
+
+def test_student_on_windows_is_the_map_the_windowed_dense_scorer_reads():
+    """CLIPSELF.TOWER_WINDOW: the student's map is the dense scorer's with the same
+    VLM_SCORER.TOWER_WINDOW (what F-ViT reads at test time), not the whole image's; training
+    through the windows lowers the loss; windows off the patch grid are refused by name."""
+    from ovdet_plugin.modeling.vlm_scorers import DenseRegionScorer
+
+    model = _model(tower_window=64, tower_window_stride=32).train()
+    images = torch.randn(2, 3, 96, 96)
+    scorer = DenseRegionScorer(copy.deepcopy(model.clip.visual), window=64, window_stride=32)
+    with torch.no_grad():
+        read = scorer.dense.project_map(scorer.tower_map(images))
+        student = model.student(images, tile=64, tile_stride=32)
+        whole = model.student(images)
+    torch.testing.assert_close(student, read)
+    assert not torch.allclose(student, whole, atol=1e-3)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.1)
+    batch, losses = _images(), []
+    for step in range(6):
+        torch.manual_seed(step % 2)
+        loss = model(batch)["loss_clipself"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] and losses[-2] < losses[1]
+    for bad in ({"tower_window": 60}, {"tower_window": 64, "tower_window_stride": 12}):
+        with pytest.raises(ValueError, match="CLIPSELF.TOWER_WINDOW .* multiples of the patch"):
+            _model(**bad)
 
 
 def test_saved_ensemble_equals_formula_and_loads(tmp_path):

@@ -10,6 +10,7 @@ from detectron2.structures import Boxes
 from torchvision.ops import roi_align
 
 from ovdet_plugin.clip import build_clip_model
+from ovdet_plugin.clip.dense import tile_starts
 from ovdet_plugin.modeling.vlm_scorers import (
     CLIP_TOWER_FEATURE,
     VLM_SCORER_REGISTRY,
@@ -287,7 +288,7 @@ def test_avgpool_tower_windows_average_the_window_maps():
     same = AvgPoolRegionScorer(model.visual, window=128)
     torch.testing.assert_close(same.tower_map(x), whole.tower_map(x))
     tiles = AvgPoolRegionScorer(model.visual, window=64, window_stride=64)  # last column flush
-    assert tiles._window_starts(128) == [0, 64] and tiles._window_starts(96) == [0, 32]
+    assert tile_starts(128, 64, 64) == [0, 64] and tile_starts(96, 64, 64) == [0, 32]
     out = tiles.tower_map(x)
     assert out.shape == whole.tower_map(x).shape == (2, 64, 16, 12)
     top_left = whole.tower_map(x[:, :, :64, :64])

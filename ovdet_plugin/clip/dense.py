@@ -32,6 +32,7 @@ __all__ = [
     "DenseCLIPViT",
     "interpolate_pos_embed",
     "is_open_clip_vit",
+    "tile_starts",
     "value_only_block_forward",
     "window_partition",
     "window_unpartition",
@@ -135,6 +136,17 @@ def value_only_block_forward(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     x = x + block.ls_1(attn_out)
     x = x + block.ls_2(block.mlp(block.ln_2(x)))
     return x
+
+
+def tile_starts(size: int, tile: int, stride: int) -> List[int]:
+    """Start offsets (pixels) of ``tile``-pixel tiles every ``stride`` pixels along a side of
+    ``size`` pixels, the last one flush with the edge ([0] when the side fits in one tile)."""
+    if size <= tile:
+        return [0]
+    starts = list(range(0, size - tile + 1, stride))
+    if starts[-1] + tile < size:  # flush with the edge
+        starts.append(size - tile)
+    return starts
 
 
 def window_partition(x: torch.Tensor, window_size: int) -> Tuple[torch.Tensor, Tuple[int, int]]:
@@ -326,16 +338,71 @@ class DenseCLIPViT(nn.Module):
             tokens = F.normalize(tokens, dim=-1)
         return tokens.permute(0, 3, 1, 2)
 
+    def last_block_map(
+        self,
+        images: torch.Tensor,
+        *,
+        value_only_last: bool = False,
+        tile: int = 0,
+        tile_stride: int = 0,
+    ) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, C, H/p, W/p) last-block map (before ``ln_post`` / ``proj``).
+
+        With ``tile`` > 0 the tower runs on ``tile`` x ``tile``-pixel tiles of the image (every
+        ``tile_stride`` pixels, 0 = half a tile; the last row and column of tiles flush with the
+        image's edge) and the maps of overlapping tiles are averaged: each token then attends
+        only inside its tile, at the size a small tower was pretrained at. An image no larger
+        than a tile runs whole. ``tile`` and ``tile_stride`` are multiples of the patch size.
+        """
+        H, W = images.shape[-2:]
+        if tile and (H > tile or W > tile):
+            return self._tiled_map(images, value_only_last, tile, tile_stride or tile // 2)
+        x, grid = self.embed(images)
+        x, _ = self.run_blocks(x, grid, value_only_last=value_only_last)
+        return self.tokens_to_map(x, grid)
+
+    def _tiled_map(
+        self, images: torch.Tensor, value_only_last: bool, tile: int, stride: int
+    ) -> torch.Tensor:
+        p = self.patch_size[0]
+        H, W = images.shape[-2:]
+        h, w = min(tile, H), min(tile, W)
+        total = images.new_zeros(images.shape[0], self.width, H // p, W // p)
+        count = images.new_zeros(1, 1, H // p, W // p)
+        for y in tile_starts(H, tile, stride):
+            for x in tile_starts(W, tile, stride):
+                cells = (..., slice(y // p, (y + h) // p), slice(x // p, (x + w) // p))
+                total[cells] += self.last_block_map(
+                    images[:, :, y : y + h, x : x + w], value_only_last=value_only_last
+                )
+                count[cells] += 1
+        return total / count
+
     def forward(
-        self, images: torch.Tensor, *, window_size: int = 0, window_block_indexes=()
+        self,
+        images: torch.Tensor,
+        *,
+        window_size: int = 0,
+        window_block_indexes=(),
+        tile: int = 0,
+        tile_stride: int = 0,
     ) -> torch.Tensor:
         """CLIPSelf "v2" dense map (methods §3.1).
 
         Args:
             images: (B, 3, H, W) CLIP-normalised, H and W multiples of the patch size.
+            window_size, window_block_indexes: window attention (see :meth:`run_blocks`).
+            tile, tile_stride: run the tower on image tiles (see :meth:`last_block_map`).
         Returns:
             (B, D, H/p, W/p), each location L2-normalised.
         """
+        if tile:
+            if window_size:
+                raise ValueError("Use either window attention or image tiles, not both.")
+            fmap = self.last_block_map(
+                images, value_only_last=True, tile=tile, tile_stride=tile_stride
+            )
+            return self.project_map(fmap)
         x, grid = self.embed(images)
         x, _ = self.run_blocks(
             x,

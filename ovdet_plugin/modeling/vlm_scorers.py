@@ -386,39 +386,12 @@ class _ViTTowerScorer(_TowerScorer):
         return self.dense.embed_dim
 
     def tower_map(self, images: torch.Tensor) -> torch.Tensor:
-        H, W = images.shape[-2:]
-        if self.window and (H > self.window or W > self.window):
-            return self._windowed_map(images)
-        return self._whole_map(images)
-
-    def _whole_map(self, images: torch.Tensor) -> torch.Tensor:
-        x, grid = self.dense.embed(images)
-        x, _ = self.dense.run_blocks(x, grid, value_only_last=self.value_only_last)
-        return DenseCLIPViT.tokens_to_map(x, grid)
-
-    def _window_starts(self, size: int):
-        """Start offsets (pixels) of the windows along one side of ``size`` pixels."""
-        if size <= self.window:
-            return [0]
-        starts = list(range(0, size - self.window + 1, self.window_stride))
-        if starts[-1] + self.window < size:  # flush with the edge
-            starts.append(size - self.window)
-        return starts
-
-    def _windowed_map(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> (B, C, H/p, W/p): the mean of the tower maps of the windows that
-        cover each cell (H and W multiples of the patch size p, as the padded images are)."""
-        p = self.dense.patch_size[0]
-        H, W = images.shape[-2:]
-        h, w = min(self.window, H), min(self.window, W)
-        total = images.new_zeros(images.shape[0], self.dense.width, H // p, W // p)
-        count = images.new_zeros(1, 1, H // p, W // p)
-        for y in self._window_starts(H):
-            for x in self._window_starts(W):
-                cells = (..., slice(y // p, (y + h) // p), slice(x // p, (x + w) // p))
-                total[cells] += self._whole_map(images[:, :, y : y + h, x : x + w])
-                count[cells] += 1
-        return total / count
+        return self.dense.last_block_map(
+            images,
+            value_only_last=self.value_only_last,
+            tile=self.window,
+            tile_stride=self.window_stride,
+        )
 
 
 class DenseRegionScorer(_ViTTowerScorer):

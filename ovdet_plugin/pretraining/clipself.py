@@ -168,6 +168,8 @@ class CLIPSelfModel(nn.Module):
         train_blocks: int = -1,
         mode: str = "grid",
         teacher_crop_scale: float = -1.0,
+        tower_window: int = 0,
+        tower_window_stride: int = 0,
     ):
         """
         Args:
@@ -178,6 +180,10 @@ class CLIPSelfModel(nn.Module):
             mode: "grid", "proposals" (methods §3.4) or "annotations" (a dataset's own boxes,
                 used as proposals: :func:`annotation_boxes`).
             teacher_crop_scale: teacher crop enlargement; -1 = 1.0 (grid) / 1.5 (boxes).
+            tower_window, tower_window_stride: > 0 runs the student on windows of its input and
+                averages their maps, as the scorer with the same ``VLM_SCORER.TOWER_WINDOW``
+                does at test time (:meth:`DenseCLIPViT.last_block_map`); 0 = the whole image
+                (the paper).
         """
         super().__init__()
         if mode not in REGION_MODES:
@@ -191,6 +197,14 @@ class CLIPSelfModel(nn.Module):
                 f"MODEL.OVD.CLIPSELF.IMAGE_SIZE {image_size} is not a multiple of the patch size "
                 f"{p}; use e.g. {image_size // p * p}."
             )
+        stride = int(tower_window_stride) or int(tower_window) // 2
+        if tower_window < 0 or tower_window % p or (tower_window and (stride <= 0 or stride % p)):
+            raise ValueError(
+                f"MODEL.OVD.CLIPSELF.TOWER_WINDOW ({tower_window}) and TOWER_WINDOW_STRIDE "
+                f"({tower_window_stride}) must be multiples of the patch size ({p}) and positive "
+                "(a window of 0 = the whole image), e.g. the tower's input size and half of it."
+            )
+        self.tower_window, self.tower_window_stride = int(tower_window), stride
         self.clip = clip_model
         self.__dict__["_student"] = student  # shares self.clip.visual; not a second submodule
         self.teacher = copy.deepcopy(clip_model.visual)
@@ -220,6 +234,8 @@ class CLIPSelfModel(nn.Module):
             "train_blocks": c.TRAIN_BLOCKS,
             "mode": c.MODE,
             "teacher_crop_scale": c.TEACHER_CROP_SCALE,
+            "tower_window": c.TOWER_WINDOW,
+            "tower_window_stride": c.TOWER_WINDOW_STRIDE,
         }
 
     @property
@@ -278,7 +294,9 @@ class CLIPSelfModel(nn.Module):
         for i, s in enumerate(samples):  # pad bottom-right to S x S (methods §3.3)
             h, w = s["image"].shape[-2:]
             images[i, :, :h, :w] = s["image"]
-        dense = self.student(normalize_for_clip(images))  # (B, D, S/p, S/p)
+        dense = self.student(  # (B, D, S/p, S/p)
+            normalize_for_clip(images), tile=self.tower_window, tile_stride=self.tower_window_stride
+        )
         if sum(len(b) for b in boxes) == 0:
             return {"loss_clipself": dense.sum() * 0}
         student = roi_features(dense, boxes, self.student.patch_size[0])
