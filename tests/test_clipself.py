@@ -189,7 +189,9 @@ def test_student_on_windows_is_the_map_the_windowed_dense_scorer_reads():
         losses.append(loss.item())
     assert losses[-1] < losses[0] and losses[-2] < losses[1]
     for bad in ({"tower_window": 60}, {"tower_window": 64, "tower_window_stride": 12}):
-        with pytest.raises(ValueError, match="CLIPSELF.TOWER_WINDOW .* multiples of the patch"):
+        with pytest.raises(
+            ValueError, match="CLIPSELF.TOWER_WINDOW .* multiples of the tower's patch"
+        ):
             _model(**bad)
 
 

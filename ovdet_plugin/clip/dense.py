@@ -30,6 +30,7 @@ from torch import nn
 
 __all__ = [
     "DenseCLIPViT",
+    "checked_tile_stride",
     "interpolate_pos_embed",
     "is_open_clip_vit",
     "tile_starts",
@@ -147,6 +148,22 @@ def tile_starts(size: int, tile: int, stride: int) -> List[int]:
     if starts[-1] + tile < size:  # flush with the edge
         starts.append(size - tile)
     return starts
+
+
+def checked_tile_stride(tile: int, stride: int, patch: int, key: str) -> int:
+    """The stride of ``tile``-pixel tiles (0 = half a tile), after checking that both are
+    positive multiples of the ``patch`` size when ``tile`` is set (0 = no tiles, the whole
+    image). ``key`` names the config key in the error (e.g. ``MODEL.OVD.VLM_SCORER.TOWER_WINDOW``,
+    its stride being ``<key>_STRIDE``)."""
+    tile, given = int(tile), int(stride)
+    stride = given or tile // 2
+    if tile < 0 or tile % patch or (tile and (stride <= 0 or stride % patch)):
+        raise ValueError(
+            f"{key} ({tile}) and {key}_STRIDE ({given}) must be multiples of the tower's patch "
+            f"size ({patch}) and positive (a window of 0 = the whole image): e.g. the tower's "
+            "input size and half of it."
+        )
+    return stride
 
 
 def window_partition(x: torch.Tensor, window_size: int) -> Tuple[torch.Tensor, Tuple[int, int]]:

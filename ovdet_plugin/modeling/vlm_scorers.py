@@ -46,7 +46,7 @@ from detectron2.utils.registry import Registry
 from torch import nn
 from torchvision.ops import roi_align
 
-from ..clip.dense import DenseCLIPViT, is_open_clip_vit
+from ..clip.dense import DenseCLIPViT, checked_tile_stride, is_open_clip_vit
 from .backbone.clip_resnet import CLIPResNet, is_open_clip_resnet
 from .backbone.clip_vit import CLIPViT
 from .backbone.utils import CLIP_TOWER_FEATURE, build_clip_visual, clip_backbone_source
@@ -366,16 +366,9 @@ class _ViTTowerScorer(_TowerScorer):
         # the wrapper adds no parameter; a plain attribute keeps the tower out of the module tree
         object.__setattr__(self, "dense", DenseCLIPViT(visual))
         self.window = int(window)
-        self.window_stride = int(window_stride) or self.window // 2
-        patch = self.dense.patch_size[0]
-        bad_stride = self.window_stride <= 0 or self.window_stride % patch
-        if self.window < 0 or self.window % patch or (self.window and bad_stride):
-            raise ValueError(
-                f"MODEL.OVD.VLM_SCORER.TOWER_WINDOW ({self.window}) and TOWER_WINDOW_STRIDE "
-                f"({self.window_stride}) must be multiples of the tower's patch size ({patch}) "
-                "and positive (a window of 0 = the whole image): e.g. the tower's input size and "
-                "half of it."
-            )
+        self.window_stride = checked_tile_stride(
+            window, window_stride, self.dense.patch_size[0], "MODEL.OVD.VLM_SCORER.TOWER_WINDOW"
+        )
 
     @property
     def tower_stride(self) -> int:

@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 from torchvision.ops import roi_align
 
 from ..clip.crops import normalize_for_clip, padded_crops
-from ..clip.dense import DenseCLIPViT
+from ..clip.dense import DenseCLIPViT, checked_tile_stride
 from ..clip.loading import build_clip_model, clip_image_size
 from ..utils.atomic_io import atomic_write_path
 
@@ -197,14 +197,10 @@ class CLIPSelfModel(nn.Module):
                 f"MODEL.OVD.CLIPSELF.IMAGE_SIZE {image_size} is not a multiple of the patch size "
                 f"{p}; use e.g. {image_size // p * p}."
             )
-        stride = int(tower_window_stride) or int(tower_window) // 2
-        if tower_window < 0 or tower_window % p or (tower_window and (stride <= 0 or stride % p)):
-            raise ValueError(
-                f"MODEL.OVD.CLIPSELF.TOWER_WINDOW ({tower_window}) and TOWER_WINDOW_STRIDE "
-                f"({tower_window_stride}) must be multiples of the patch size ({p}) and positive "
-                "(a window of 0 = the whole image), e.g. the tower's input size and half of it."
-            )
-        self.tower_window, self.tower_window_stride = int(tower_window), stride
+        self.tower_window = int(tower_window)
+        self.tower_window_stride = checked_tile_stride(
+            tower_window, tower_window_stride, p, "MODEL.OVD.CLIPSELF.TOWER_WINDOW"
+        )
         self.clip = clip_model
         self.__dict__["_student"] = student  # shares self.clip.visual; not a second submodule
         self.teacher = copy.deepcopy(clip_model.visual)
