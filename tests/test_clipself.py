@@ -123,23 +123,28 @@ def _images(n=4, seed=0):
     return out
 
 
-def test_a_few_steps_lower_the_loss_and_teacher_is_frozen():
-    model = _model().train()
-    assert not model.teacher.training
-    teacher_before = {k: v.clone() for k, v in model.teacher.state_dict().items()}
-    frozen = {k: v.clone() for k, v in model.clip.state_dict().items() if "resblocks" not in k}
+def _train_steps(model, steps):
+    """AdamW steps on :func:`_images`, two fixed region draws alternating; the losses."""
     params = [p for p in model.parameters() if p.requires_grad]
-    assert all("resblocks" in n for n, p in model.named_parameters() if p.requires_grad)
     opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.1)
-    batch = _images()
-    losses = []
-    for step in range(8):
-        torch.manual_seed(step % 2)  # two fixed grid draws, alternating
+    batch, losses = _images(), []
+    for step in range(steps):
+        torch.manual_seed(step % 2)
         loss = model(batch)["loss_clipself"]
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(loss.item())
+    return losses
+
+
+def test_a_few_steps_lower_the_loss_and_teacher_is_frozen():
+    model = _model().train()
+    assert not model.teacher.training
+    teacher_before = {k: v.clone() for k, v in model.teacher.state_dict().items()}
+    frozen = {k: v.clone() for k, v in model.clip.state_dict().items() if "resblocks" not in k}
+    assert all("resblocks" in n for n, p in model.named_parameters() if p.requires_grad)
+    losses = _train_steps(model, 8)
     assert losses[-1] < losses[0] and losses[-2] < losses[1]
     for k, v in model.teacher.state_dict().items():
         assert torch.equal(v, teacher_before[k]), k
@@ -177,16 +182,7 @@ def test_student_on_windows_is_the_map_the_windowed_dense_scorer_reads():
         whole = model.student(images)
     torch.testing.assert_close(student, read)
     assert not torch.allclose(student, whole, atol=1e-3)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.1)
-    batch, losses = _images(), []
-    for step in range(6):
-        torch.manual_seed(step % 2)
-        loss = model(batch)["loss_clipself"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = _train_steps(model, 6)
     assert losses[-1] < losses[0] and losses[-2] < losses[1]
     for bad in ({"tower_window": 60}, {"tower_window": 64, "tower_window_stride": 12}):
         with pytest.raises(
