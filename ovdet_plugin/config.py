@@ -427,11 +427,11 @@ def _add_pretraining_config(cfg: CN) -> None:
     # OUTPUT_DIR/<EXPORT_NAME>_<iter>.pt and <EXPORT_NAME>_final.pt; it loads with
     # MODEL.OVD.BACKBONE.PRETRAINED: <file> (the F-ViT backbone, same architecture name).
     _C.MODEL.OVD.CLIPSELF.EXPORT_NAME = "clipself"
-    # > 0: the student runs on TOWER_WINDOW x TOWER_WINDOW-px windows of its input (every
-    # TOWER_WINDOW_STRIDE px, 0 = half a window) and their maps are averaged, as the F-ViT scorer
-    # does with the same MODEL.OVD.VLM_SCORER.TOWER_WINDOW; set both alike. 0 = the whole image
-    # (the paper). Multiples of the patch size.
+    # > 0: the student runs on TOWER_WINDOW x TOWER_WINDOW-px windows of its input and their maps
+    # are averaged, as the F-ViT scorer does with the same MODEL.OVD.VLM_SCORER.TOWER_WINDOW; set
+    # both alike. 0 = the whole image (the paper). A multiple of the patch size.
     _C.MODEL.OVD.CLIPSELF.TOWER_WINDOW = 0
+    # Pixels between windows with TOWER_WINDOW > 0; 0 = half the window.
     _C.MODEL.OVD.CLIPSELF.TOWER_WINDOW_STRIDE = 0
 
 
