@@ -413,9 +413,9 @@ class DenseCLIPViT(nn.Module):
         Returns:
             (B, D, H/p, W/p), each location L2-normalised.
         """
-        if tile:
-            if window_size:
-                raise ValueError("Use either window attention or image tiles, not both.")
+        if tile and window_size:
+            raise ValueError("Use either window attention or image tiles, not both.")
+        if not window_size:  # the whole image, or its tiles
             fmap = self.last_block_map(
                 images, value_only_last=True, tile=tile, tile_stride=tile_stride
             )
