@@ -301,6 +301,11 @@ def _add_backbone_config(cfg: CN) -> None:
     _C.MODEL.OVD.VLM_SCORER.CROP_CONVENTION = "official"
     # RoIAlign sampling ratio with CROP_CONVENTION "detectron2" (torchvision; <= 0 = adaptive).
     _C.MODEL.OVD.VLM_SCORER.POOLER_SAMPLING_RATIO = -1
+    # "attnpool" only: the CLIP ResNet stage the regions are cropped from. "res5" = F-VLM's crop of
+    # C5 (stride 32) at the attention-pool grid; "res4" = RoIAlign on C4 (stride 16) at twice the
+    # grid, the frozen last stage (layer4) on each crop, then the attention pool (RegionCLIP's
+    # region feature). A departure from F-VLM for inputs whose C5 cells are as large as objects.
+    _C.MODEL.OVD.VLM_SCORER.CROP_STAGE = "res5"
     # The scorer reads the detector's own frozen CLIP tower (F-VLM's single frozen backbone:
     # the backbone hands its C5 / last ViT map to the scorer, no second forward, no second copy).
     # It takes a frozen copy of the pretrained tower by itself when the backbone trains (RO-ViT

@@ -27,6 +27,8 @@ pytest.importorskip("onnxruntime", reason="the ONNX check needs onnxruntime (dev
 CASES = {
     "tiny_fvlm": ["MODEL.MASK_ON", "True", "MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK", "True",
                   "MODEL.ROI_MASK_HEAD.CONV_DIM", "16", "MODEL.ROI_MASK_HEAD.NUM_CONV", "1"],
+    # F-VLM with the region crop on C4 and the last stage per region (VLM_SCORER.CROP_STAGE)
+    "tiny_fvlm:res4": ["MODEL.OVD.VLM_SCORER.CROP_STAGE", "res4"],
     "tiny_fvit": ["MODEL.OVD.BACKBONE.SFP_SQUARE_PAD", "192"],
     "tiny_vild_ensemble": [],
 }  # fmt: skip
@@ -43,7 +45,7 @@ def image(h, w, seed):
 def test_export_equals_eager(name, tmp_path, one_torch_thread):
     # threshold 0: random weights give low scores, and there must be detections to compare
     cfg = load_test_config(
-        name, "MODEL.OVD.TEXT.PROMPTS", "single", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
+        name.split(":")[0], "MODEL.OVD.TEXT.PROMPTS", "single", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
         *CASES[name],
     )  # fmt: skip
     torch.manual_seed(0)
@@ -55,7 +57,9 @@ def test_export_equals_eager(name, tmp_path, one_torch_thread):
     expected = ["pred_boxes", "pred_classes", "scores", "image_size"]
     if name == "tiny_fvlm":
         expected.insert(2, "pred_masks")
+    if name.startswith("tiny_fvlm"):
         assert model.roi_heads.vlm_scorer is not None and model.roi_heads.fusion_rule == "fvlm"
+        assert model.roi_heads.vlm_scorer.crop_stage == ("res4" if "res4" in name else "res5")
     assert exported.output_names == expected
     ts = export_torchscript(exported, str(tmp_path / "model.ts"))
     export_onnx(exported, str(tmp_path / "model.onnx"))

@@ -106,10 +106,11 @@ def test_the_script_scores_a_config_as_its_scorer_by_name(dataset, tmp_path, one
     path = str(tmp_path / "rn.pt")
     torch.save(build_clip_model("ovdet-tiny-rn64").state_dict(), path)
     config = os.path.join(os.path.dirname(__file__), "..", "configs", "synthetic", "fvlm.yaml")
-    # (the config crops with Detectron2's aligned RoIAlign; the scorer by name, officially)
+    # (the config crops C4 with Detectron2's aligned RoIAlign; the scorer by name, C5 officially)
     by_config = main(["--dataset", root, "--config-file", config,
                       "MODEL.OVD.CLIP.PRETRAINED", path,
-                      "MODEL.OVD.VLM_SCORER.CROP_CONVENTION", "official"])  # fmt: skip
+                      "MODEL.OVD.VLM_SCORER.CROP_CONVENTION", "official",
+                      "MODEL.OVD.VLM_SCORER.CROP_STAGE", "res5"])  # fmt: skip
     # the config's test input is 160 px: the same images at 1.25x (the fixture's are 128 px)
     by_name = main(["--dataset", root, "--checkpoint", path, "--scorer", "attnpool",
                     "--model-name", "ovdet-tiny-rn64", "--scale", "1.25"])  # fmt: skip

@@ -130,6 +130,53 @@ def test_attnpool_resolution_must_match_grid(tiny_rn):
         AttnPoolRegionScorer(tiny_rn.visual, pooler_resolution=7)
 
 
+def test_attnpool_res4_crop_runs_the_last_stage_on_each_c4_crop(tiny_rn):
+    scorer = AttnPoolRegionScorer(
+        tiny_rn.visual, aligned=True, sampling_ratio=-1, crop_stage="res4"
+    )
+    assert (scorer.pooler_resolution, scorer.tower_stride) == (8, 16)  # 2 x the 4x4 grid
+    v = tiny_rn.visual
+    x = torch.randn(2, 3, 128, 128)
+    # the whole image: its C4 map through layer4 is its C5 map, so the embedding is CLIP's own
+    full = torch.tensor([[0.0, 0.0, 128.0, 128.0]])
+    with torch.no_grad():
+        ref = F.normalize(tiny_rn.encode_image(x), dim=-1)
+    torch.testing.assert_close(scorer(x, None, [full, full]), ref, atol=1e-5, rtol=1e-5)
+    # sub-boxes: RoIAlign on C4, layer4, attention pool (RegionCLIP's region feature)
+    big = torch.randn(1, 3, 160, 224)
+    boxes = torch.tensor([[0.0, 0.0, 64.0, 64.0], [30.0, 40.0, 200.0, 150.0], [5, 6, 30, 20]])
+    with torch.no_grad():
+        c4 = v.layer3(v.layer2(v.layer1(v.stem(big))))
+        crops = roi_align(c4, torch.cat([torch.zeros(3, 1), boxes], 1), 8, 1 / 16, -1, True)
+        ref = F.normalize(v.attnpool(v.layer4(crops)), dim=-1)
+    torch.testing.assert_close(scorer(big, None, boxes), ref, atol=1e-5, rtol=1e-5)
+    c5_crop = AttnPoolRegionScorer(tiny_rn.visual, aligned=True, sampling_ratio=-1)
+    assert (c5_crop(big, None, boxes) - ref).abs().max() > 1e-3  # the two stages differ
+    assert scorer(big, None, torch.zeros(0, 4)).shape == (0, 64)
+    with pytest.raises(ValueError, match="CROP_STAGE must be one of \\['res5', 'res4'\\]"):
+        AttnPoolRegionScorer(tiny_rn.visual, crop_stage="res3")
+
+
+def test_attnpool_res4_reads_the_frozen_backbones_c4_map():
+    cfg = load_test_config("tiny_clip_rn_fpn", **{"MODEL.OVD.VLM_SCORER.CROP_STAGE": "res4"})
+    torch.manual_seed(0)
+    backbone = build_backbone(cfg)
+    scorer = build_vlm_scorer(cfg, backbone=backbone)
+    assert scorer.crop_stage == "res4" and scorer.shared and scorer.reads_backbone_map
+    x = torch.randn(1, 3, 96, 128)
+    features = backbone(x)
+    assert features[CLIP_TOWER_FEATURE].shape[-2:] == (6, 8)  # C4: stride 16
+    assert features["p2"].shape[-2:] == (24, 32)  # the FPN's own inputs are untouched
+    boxes = torch.tensor([[10.0, 10.0, 90.0, 70.0], [-20.0, 5.0, 60.0, 120.0]])
+    torch.testing.assert_close(
+        scorer(x, features, boxes), scorer.pool(scorer.tower_map(x), boxes), atol=1e-5, rtol=1e-5
+    )
+    # the key belongs to the ResNet scorer: a ViT scorer refuses it
+    vit_cfg = load_test_config("tiny_clip_vit_sfp", **{"MODEL.OVD.VLM_SCORER.CROP_STAGE": "res4"})
+    with pytest.raises(ValueError, match="CROP_STAGE 'res4' picks the CLIP ResNet stage"):
+        build_vlm_scorer(vit_cfg, backbone=build_backbone(vit_cfg))
+
+
 def test_dense_scorer_is_1x1_roialign_on_dense_map(tiny_vit):
     scorer = DenseRegionScorer(tiny_vit.visual)
     assert scorer.pooler_resolution == 1 and (scorer.aligned, scorer.sampling_ratio) == (True, -1)

@@ -16,7 +16,8 @@ entries are builders ``name(cfg, *, backbone=None, box_head=None, box_predictor=
 VLMRegionScorer``. Registered here:
 
 - ``attnpool`` (F-VLM): RoIAlign on the frozen C5 map at the attention-pool grid, then CLIP's own
-  attention pool (:func:`attention_pool_regions`: exact, from maps projected once).
+  attention pool (:func:`attention_pool_regions`: exact, from maps projected once); with
+  ``CROP_STAGE`` "res4", on the C4 map through the last stage (RegionCLIP's region feature).
 - ``dense`` (F-ViT / CLIPSelf): 1x1 RoIAlign on the CLIPSelf dense map (value-only last block).
 - ``avgpool`` (RO-ViT): RoIAlign (14x14) on the last ViT map projected to CLIP space, the mean.
 - ``vild_image`` (ViLD-ensemble): ViLD's second, distilled branch on the pooled box features.
@@ -306,12 +307,21 @@ class AttnPoolRegionScorer(_TowerScorer):
 
     The RoIAlign output must equal the attention-pool grid (its positional embedding has
     grid² + 1 entries): 7 for RN50 at 224, 9 / 12 / 14 for RN50x4 / x16 / x64.
+
+    With ``crop_stage`` "res4" the crop is taken one stage earlier: RoIAlign on the frozen C4 map
+    (stride 16) at twice the grid, the tower's last stage (``layer4``) run on each crop, then the
+    attention pool: RegionCLIP's region feature (Zhong et al. 2022; its ``CLIPRes5ROIHeads``),
+    and the C4 crop + res5 head of Detectron2's ``Res5ROIHeads``. A departure from F-VLM, for a
+    small input whose C5 cells are as large as its objects (``MODEL.OVD.VLM_SCORER.CROP_STAGE``).
     """
 
     tower_kind = "resnet"
     official_crop = (False, 1)  # fvlm multilevel_crop_and_resize: no half-pixel shift
+    crop_stages = ("res5", "res4")
 
-    def __init__(self, visual: nn.Module, *, pooler_resolution: int = 0, **kwargs):
+    def __init__(
+        self, visual: nn.Module, *, pooler_resolution: int = 0, crop_stage: str = "res5", **kwargs
+    ):
         n_pos = visual.attnpool.positional_embedding.shape[0] - 1
         grid = int(round(n_pos**0.5))
         if pooler_resolution and pooler_resolution != grid:
@@ -320,11 +330,19 @@ class AttnPoolRegionScorer(_TowerScorer):
                 f"attention pool, whose positional embedding covers a {grid}x{grid} grid "
                 f"(image_size / 32). Set it to {grid} or 0."
             )
-        super().__init__(visual, pooler_resolution=grid, **kwargs)
+        if crop_stage not in self.crop_stages:
+            raise ValueError(
+                f"MODEL.OVD.VLM_SCORER.CROP_STAGE must be one of {list(self.crop_stages)}, got "
+                f"{crop_stage!r}."
+            )
+        self.crop_stage = crop_stage
+        # res4: the crop is grid x grid after layer4's stride 2
+        crop_size = grid if crop_stage == "res5" else 2 * grid
+        super().__init__(visual, pooler_resolution=crop_size, **kwargs)
 
     @property
     def tower_stride(self) -> int:
-        return 32
+        return 32 if self.crop_stage == "res5" else 16
 
     @property
     def embed_dim(self) -> int:
@@ -332,9 +350,12 @@ class AttnPoolRegionScorer(_TowerScorer):
 
     def tower_map(self, images: torch.Tensor) -> torch.Tensor:
         v = self.visual
-        return v.layer4(v.layer3(v.layer2(v.layer1(v.stem(images)))))  # C5, stride 32
+        c4 = v.layer3(v.layer2(v.layer1(v.stem(images))))  # stride 16
+        return c4 if self.crop_stage == "res4" else v.layer4(c4)  # C5, stride 32
 
     def pool(self, tower_map: torch.Tensor, boxes: BoxesLike) -> torch.Tensor:
+        if self.crop_stage == "res4":
+            return F.normalize(self._pool_c4_crops(tower_map, boxes), dim=-1)
         rois = _boxes_to_rois(boxes, tower_map.device).to(tower_map.dtype)
         emb = attention_pool_regions(
             self.visual.attnpool,
@@ -345,6 +366,25 @@ class AttnPoolRegionScorer(_TowerScorer):
             aligned=self.aligned,
         )
         return F.normalize(emb, dim=-1)
+
+    def _pool_c4_crops(self, c4: torch.Tensor, boxes: BoxesLike) -> torch.Tensor:
+        """(B, C4, h, w) map -> (R, D): each region's (2g, 2g) C4 crop through ``layer4`` (to the
+        pool's own g x g grid) and the attention pool's own forward, ATTNPOOL_CHUNK regions at a
+        time (memory: chunk x C4 x 4g² floats, plus layer4's activations)."""
+        rois = _boxes_to_rois(boxes, c4.device).to(c4.dtype)
+        tracing = torch.jit.is_tracing()  # traced for export: one chunk (a count would be frozen)
+        out = []
+        for part in [rois] if tracing else rois.split(ATTNPOOL_CHUNK):
+            crops = roi_align(
+                c4, part, self.pooler_resolution, 1.0 / 16, self.sampling_ratio, self.aligned
+            )
+            out.append(self.visual.attnpool(self.visual.layer4(crops)))
+        if not out:  # no region in any image
+            return c4.new_zeros((0, self.embed_dim))
+        return torch.cat(out)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, crop_stage={self.crop_stage}"
 
 
 class _ViTTowerScorer(_TowerScorer):
@@ -504,6 +544,21 @@ def _window_args(cfg, scorer_cls) -> dict:
     return {"window": sc.TOWER_WINDOW, "window_stride": sc.TOWER_WINDOW_STRIDE}
 
 
+def _crop_stage_args(cfg, scorer_cls) -> dict:
+    """``crop_stage`` of ``CROP_STAGE`` for the attention-pool scorer ({} for the others, whose
+    towers have no stages: the key must keep its default "res5" there)."""
+    stage = cfg.MODEL.OVD.VLM_SCORER.CROP_STAGE
+    if scorer_cls is AttnPoolRegionScorer:
+        return {"crop_stage": stage}
+    if stage != "res5":
+        raise ValueError(
+            f"MODEL.OVD.VLM_SCORER.CROP_STAGE {stage!r} picks the CLIP ResNet stage the "
+            f"'attnpool' scorer crops; the {cfg.MODEL.OVD.VLM_SCORER.NAME!r} scorer has no such "
+            "stage: leave it at 'res5'."
+        )
+    return {}
+
+
 def _why_not_backbone_map(scorer_cls, trunk, window: int = 0) -> str:
     """Why the frozen backbone trunk does not compute the map the scorer pools ("" if it does)."""
     if window:
@@ -534,6 +589,7 @@ def _build_tower_scorer(cfg, scorer_cls, backbone: Optional[nn.Module]):
             "ResNets, 'dense' or 'avgpool' for CLIP ViTs (MODEL.OVD.VLM_SCORER.NAME)."
         )
     window = _window_args(cfg, scorer_cls)
+    stage = _crop_stage_args(cfg, scorer_cls)
     shared, reads_map = False, False
     if trunk is None:
         how = (
@@ -551,7 +607,7 @@ def _build_tower_scorer(cfg, scorer_cls, backbone: Optional[nn.Module]):
             reason = _why_not_backbone_map(scorer_cls, trunk, window.get("window", 0))
             reads_map = not reason
             if reads_map:
-                trunk.expose_tower_map()
+                trunk.expose_tower_map(*stage.values())  # the ResNet's stage, if any
                 how = "the frozen backbone's tower, reading its map (no second forward)"
             else:
                 how = f"the frozen backbone's tower, run a second time ({reason})"
@@ -562,6 +618,7 @@ def _build_tower_scorer(cfg, scorer_cls, backbone: Optional[nn.Module]):
         reads_backbone_map=reads_map,
         **_crop_args(cfg),
         **window,
+        **stage,
     )
     logger.info(
         "VLM scorer %s on %s; RoIAlign %dx%d at stride %d, aligned=%s, sampling_ratio=%d%s",
@@ -574,6 +631,8 @@ def _build_tower_scorer(cfg, scorer_cls, backbone: Optional[nn.Module]):
         scorer.sampling_ratio,
         f"; tower on {scorer.window}-px windows every {scorer.window_stride} px" if window else "",
     )
+    if stage.get("crop_stage") == "res4":
+        logger.info("VLM scorer: the tower's last stage (layer4) runs on each region's C4 crop")
     return scorer
 
 

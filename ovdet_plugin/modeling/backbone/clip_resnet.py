@@ -100,8 +100,9 @@ class CLIPResNet(Backbone):
         channels.update({"res4": 16 * width, "res5": 32 * width})
         self._out_feature_channels = {f: channels[f] for f in self._out_features}
         self._out_feature_strides = {f: _STRIDES[f] for f in self._out_features}
-        # set by expose_tower_map(): also return C5 under CLIP_TOWER_FEATURE
+        # set by expose_tower_map(): also return that stage (C5 for F-VLM) under CLIP_TOWER_FEATURE
         self.tower_map_exposed = False
+        self.tower_map_stage = "res5"
         logger.info(
             "CLIPResNet %s: width %d, outputs %s, %s",
             getattr(visual, "ovdet_model_name", "?"),
@@ -138,11 +139,15 @@ class CLIPResNet(Backbone):
             self.visual.eval()
         return self
 
-    def expose_tower_map(self) -> None:
-        """Also return the C5 map (the attention pool's input, stride 32) under
-        ``CLIP_TOWER_FEATURE``, so that a VLM region scorer reads the frozen tower's own features
-        instead of running the tower again (F-VLM's single frozen backbone)."""
+    def expose_tower_map(self, stage: str = "res5") -> None:
+        """Also return a stage's map under ``CLIP_TOWER_FEATURE``, so that a VLM region scorer
+        reads the frozen tower's own features instead of running the tower again (F-VLM's single
+        frozen backbone): C5 (the attention pool's input, stride 32) by default, or C4 ("res4")
+        for a scorer that runs the last stage on each region's C4 crop."""
+        if stage not in ("res4", "res5"):
+            raise ValueError(f"expose_tower_map: stage must be 'res4' or 'res5', got {stage!r}")
         self.tower_map_exposed = True
+        self.tower_map_stage = stage
 
     def _forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         v = self.visual
@@ -157,7 +162,7 @@ class CLIPResNet(Backbone):
             x = layer(x)
             if name in self._out_features:
                 outputs[name] = x
-            if name == "res5" and self.tower_map_exposed:
+            if name == self.tower_map_stage and self.tower_map_exposed:
                 outputs[CLIP_TOWER_FEATURE] = x
             if len(outputs) == wanted:
                 break
@@ -168,8 +173,8 @@ class CLIPResNet(Backbone):
         Args:
             x: (B, 3, H, W) CLIP-normalised images.
         Returns:
-            dict stage name -> (B, C, H/stride, W/stride) (+ ``CLIP_TOWER_FEATURE``: C5 when
-            :meth:`expose_tower_map` was called).
+            dict stage name -> (B, C, H/stride, W/stride) (+ ``CLIP_TOWER_FEATURE``: C5, or the
+            stage asked for, when :meth:`expose_tower_map` was called).
         """
         if self.freeze:
             with torch.no_grad():
