@@ -45,8 +45,8 @@ def image(h, w, seed):
 def test_export_equals_eager(name, tmp_path, one_torch_thread):
     # threshold 0: random weights give low scores, and there must be detections to compare
     cfg = load_test_config(
-        name.split(":")[0], "MODEL.OVD.TEXT.PROMPTS", "single", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
-        *CASES[name],
+        name.split(":")[0], "MODEL.OVD.TEXT.PROMPTS", "single",
+        "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", *CASES[name],
     )  # fmt: skip
     torch.manual_seed(0)
     model = build_model(cfg).eval()
