@@ -182,6 +182,10 @@ class _TowerScorer(VLMRegionScorer):
 
     def _roi_align(self, feature_map: torch.Tensor, boxes: BoxesLike) -> torch.Tensor:
         rois = _boxes_to_rois(boxes, feature_map.device).to(feature_map.dtype)
+        return self._roi_align_rois(feature_map, rois)
+
+    def _roi_align_rois(self, feature_map: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
+        """(R, 5) RoIs -> (R, C, r, r) crops of the tower map, with this scorer's crop settings."""
         return roi_align(
             feature_map,
             rois,
@@ -373,15 +377,9 @@ class AttnPoolRegionScorer(_TowerScorer):
         time (memory: chunk x C4 x 4g² floats, plus layer4's activations)."""
         rois = _boxes_to_rois(boxes, c4.device).to(c4.dtype)
         tracing = torch.jit.is_tracing()  # traced for export: one chunk (a count would be frozen)
-        out = []
-        for part in [rois] if tracing else rois.split(ATTNPOOL_CHUNK):
-            crops = roi_align(
-                c4, part, self.pooler_resolution, 1.0 / 16, self.sampling_ratio, self.aligned
-            )
-            out.append(self.visual.attnpool(self.visual.layer4(crops)))
-        if not out:  # no region in any image
-            return c4.new_zeros((0, self.embed_dim))
-        return torch.cat(out)
+        parts = [rois] if tracing else rois.split(ATTNPOOL_CHUNK)  # >= 1 part, even for 0 RoIs
+        v = self.visual
+        return torch.cat([v.attnpool(v.layer4(self._roi_align_rois(c4, part))) for part in parts])
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, crop_stage={self.crop_stage}"

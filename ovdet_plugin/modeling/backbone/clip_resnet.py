@@ -13,7 +13,7 @@ these must be CLIP's constants x 255 in RGB order (:data:`.utils.CLIP_PIXEL_MEAN
 """
 
 import logging
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence
 
 import torch
 from detectron2.config import configurable
@@ -101,8 +101,7 @@ class CLIPResNet(Backbone):
         self._out_feature_channels = {f: channels[f] for f in self._out_features}
         self._out_feature_strides = {f: _STRIDES[f] for f in self._out_features}
         # set by expose_tower_map(): also return that stage (C5 for F-VLM) under CLIP_TOWER_FEATURE
-        self.tower_map_exposed = False
-        self.tower_map_stage = "res5"
+        self.tower_map_stage: Optional[str] = None
         logger.info(
             "CLIPResNet %s: width %d, outputs %s, %s",
             getattr(visual, "ovdet_model_name", "?"),
@@ -146,13 +145,12 @@ class CLIPResNet(Backbone):
         for a scorer that runs the last stage on each region's C4 crop."""
         if stage not in ("res4", "res5"):
             raise ValueError(f"expose_tower_map: stage must be 'res4' or 'res5', got {stage!r}")
-        self.tower_map_exposed = True
         self.tower_map_stage = stage
 
     def _forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         v = self.visual
         outputs = {}
-        wanted = len(self._out_features) + int(self.tower_map_exposed)
+        wanted = len(self._out_features) + int(self.tower_map_stage is not None)
         x = v.stem(x)  # CLIP stem: 3 convs + 2x2 average pool (stride 4)
         if "stem" in self._out_features:
             outputs["stem"] = x
@@ -162,7 +160,7 @@ class CLIPResNet(Backbone):
             x = layer(x)
             if name in self._out_features:
                 outputs[name] = x
-            if name == self.tower_map_stage and self.tower_map_exposed:
+            if name == self.tower_map_stage:
                 outputs[CLIP_TOWER_FEATURE] = x
             if len(outputs) == wanted:
                 break
