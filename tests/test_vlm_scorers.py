@@ -171,6 +171,8 @@ def test_attnpool_res4_reads_the_frozen_backbones_c4_map():
     torch.testing.assert_close(
         scorer(x, features, boxes), scorer.pool(scorer.tower_map(x), boxes), atol=1e-5, rtol=1e-5
     )
+    with pytest.raises(ValueError, match="stage must be 'res4' or 'res5', got 'res3'"):
+        backbone.bottom_up.expose_tower_map("res3")
     # the key belongs to the ResNet scorer: a ViT scorer refuses it
     vit_cfg = load_test_config("tiny_clip_vit_sfp", **{"MODEL.OVD.VLM_SCORER.CROP_STAGE": "res4"})
     with pytest.raises(ValueError, match="CROP_STAGE 'res4' picks the CLIP ResNet stage"):
