@@ -301,11 +301,18 @@ def _add_backbone_config(cfg: CN) -> None:
     _C.MODEL.OVD.VLM_SCORER.CROP_CONVENTION = "official"
     # RoIAlign sampling ratio with CROP_CONVENTION "detectron2" (torchvision; <= 0 = adaptive).
     _C.MODEL.OVD.VLM_SCORER.POOLER_SAMPLING_RATIO = -1
-    # "attnpool" only: the CLIP ResNet stage the regions are cropped from. "res5" = F-VLM's crop of
-    # C5 (stride 32) at the attention-pool grid; "res4" = RoIAlign on C4 (stride 16) at twice the
-    # grid, the frozen last stage (layer4) on each crop, then the attention pool (RegionCLIP's
-    # region feature). A departure from F-VLM for inputs whose C5 cells are as large as objects.
+    # Where the regions are cropped. "res5" = the scorer's own map (the papers): C5 (stride 32) at
+    # the attention-pool grid for "attnpool" (F-VLM), the last block's map for the ViT scorers.
+    # "res4" ("attnpool" only) = RoIAlign on C4 (stride 16) at twice the grid, the frozen last
+    # stage (layer4) on each crop, then the attention pool (RegionCLIP's region feature).
+    # "image" (every tower scorer) = each region's pixels cropped (IMAGE_CROP_SCALES), resized to
+    # the tower's input size and run through the whole tower, its map pooled by the scorer's own
+    # rule (ViLD's "CLIP on cropped regions"). res4 and image depart from the papers, for small
+    # inputs or towers whose maps lose a region's class.
     _C.MODEL.OVD.VLM_SCORER.CROP_STAGE = "res5"
+    # CROP_STAGE "image": the box enlargements (about the centre, not clipped) whose crops'
+    # normalised embeddings are summed; ViLD's 1x + 1.5x ensemble (methods §1.5).
+    _C.MODEL.OVD.VLM_SCORER.IMAGE_CROP_SCALES = [1.0, 1.5]
     # The scorer reads the detector's own frozen CLIP tower (F-VLM's single frozen backbone:
     # the backbone hands its C5 / last ViT map to the scorer, no second forward, no second copy).
     # It takes a frozen copy of the pretrained tower by itself when the backbone trains (RO-ViT

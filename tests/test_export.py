@@ -30,6 +30,9 @@ CASES = {
     # F-VLM with the region crop on C4 and the last stage per region (VLM_SCORER.CROP_STAGE)
     "tiny_fvlm:res4": ["MODEL.OVD.VLM_SCORER.CROP_STAGE", "res4"],
     "tiny_fvit": ["MODEL.OVD.BACKBONE.SFP_SQUARE_PAD", "192"],
+    # F-ViT's scorer on each region's pixels, 1x and 1.5x (VLM_SCORER.CROP_STAGE "image")
+    "tiny_fvit:image": ["MODEL.OVD.BACKBONE.SFP_SQUARE_PAD", "192",
+                        "MODEL.OVD.VLM_SCORER.CROP_STAGE", "image"],
     "tiny_vild_ensemble": [],
 }  # fmt: skip
 
@@ -59,7 +62,8 @@ def test_export_equals_eager(name, tmp_path, one_torch_thread):
         expected.insert(2, "pred_masks")
     if name.startswith("tiny_fvlm"):
         assert model.roi_heads.vlm_scorer is not None and model.roi_heads.fusion_rule == "fvlm"
-        assert model.roi_heads.vlm_scorer.crop_stage == ("res4" if "res4" in name else "res5")
+    if not name.startswith("tiny_vild"):
+        assert model.roi_heads.vlm_scorer.crop_stage == (name.partition(":")[2] or "res5")
     assert exported.output_names == expected
     ts = export_torchscript(exported, str(tmp_path / "model.ts"))
     export_onnx(exported, str(tmp_path / "model.onnx"))

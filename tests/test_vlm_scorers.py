@@ -153,7 +153,7 @@ def test_attnpool_res4_crop_runs_the_last_stage_on_each_c4_crop(tiny_rn):
     c5_crop = AttnPoolRegionScorer(tiny_rn.visual, aligned=True, sampling_ratio=-1)
     assert (c5_crop(big, None, boxes) - ref).abs().max() > 1e-3  # the two stages differ
     assert scorer(big, None, torch.zeros(0, 4)).shape == (0, 64)
-    with pytest.raises(ValueError, match="CROP_STAGE must be one of \\['res5', 'res4'\\]"):
+    with pytest.raises(ValueError, match="CROP_STAGE must be one of \\['res5', 'res4', 'image'\\]"):
         AttnPoolRegionScorer(tiny_rn.visual, crop_stage="res3")
 
 
@@ -175,8 +175,78 @@ def test_attnpool_res4_reads_the_frozen_backbones_c4_map():
         backbone.bottom_up.expose_tower_map("res3")
     # the key belongs to the ResNet scorer: a ViT scorer refuses it
     vit_cfg = load_test_config("tiny_clip_vit_sfp", **{"MODEL.OVD.VLM_SCORER.CROP_STAGE": "res4"})
-    with pytest.raises(ValueError, match="CROP_STAGE 'res4' picks the CLIP ResNet stage"):
+    with pytest.raises(ValueError, match="CROP_STAGE 'res4' is not a stage the 'dense' scorer"):
         build_vlm_scorer(vit_cfg, backbone=build_backbone(vit_cfg))
+
+
+def _crops(x, boxes, size, scale=1.0):
+    """Reference image crops: each box enlarged about its centre, aligned RoIAlign, 2 samples."""
+    centre, half = (boxes[:, :2] + boxes[:, 2:]) / 2, (boxes[:, 2:] - boxes[:, :2]) * scale / 2
+    rois = torch.cat([torch.zeros(len(boxes), 1), centre - half, centre + half], 1)
+    return roi_align(x, rois, size, 1.0, 2, True)
+
+
+def test_image_crop_stage_runs_the_tower_on_each_regions_pixels(tiny_rn):
+    torch.manual_seed(0)
+    vit = build_clip_model("ovdet-tiny-vit-avg")  # 64-px input, average pool
+    x = torch.randn(1, 3, 96, 128)
+    boxes = torch.tensor([[10.0, 10.0, 60.0, 50.0], [-20.0, 5.0, 60.0, 90.0], [70, 8, 90, 30]])
+    with torch.no_grad():
+        # one scale: the tower's own image embedding of each crop (open_clip encode_image)
+        avg = AvgPoolRegionScorer(vit.visual, crop_stage="image", image_crop_scales=[1.0])
+        ref = F.normalize(vit.encode_image(_crops(x, boxes, 64)), dim=-1)
+        torch.testing.assert_close(avg(x, None, boxes), ref, atol=1e-5, rtol=1e-5)
+        rn = AttnPoolRegionScorer(tiny_rn.visual, crop_stage="image", image_crop_scales=[1.0])
+        ref_rn = F.normalize(tiny_rn.encode_image(_crops(x, boxes, 128)), dim=-1)
+        torch.testing.assert_close(rn(x, None, boxes), ref_rn, atol=1e-5, rtol=1e-5)
+        # the dense scorer: the mean of CLIPSelf's dense map of each crop
+        dense = DenseRegionScorer(vit.visual, crop_stage="image", image_crop_scales=[1.0])
+        ref_dense = F.normalize(dense.dense(_crops(x, boxes, 64)).mean(dim=(2, 3)), dim=-1)
+        torch.testing.assert_close(dense(x, None, boxes), ref_dense, atol=1e-5, rtol=1e-5)
+        assert (ref_dense - ref).abs().max() > 1e-3  # value-only last block: another pooling
+        # ViLD's ensemble: the normalised embeddings of the 1x and 1.5x crops, summed
+        both = AvgPoolRegionScorer(vit.visual, crop_stage="image")
+        assert both.image_crop_scales == (1.0, 1.5)
+        wide = F.normalize(vit.encode_image(_crops(x, boxes, 64, 1.5)), dim=-1)
+        torch.testing.assert_close(
+            both(x, None, boxes), F.normalize(ref + wide, dim=-1), atol=1e-5, rtol=1e-5
+        )
+        assert both(x, None, torch.zeros(0, 4)).shape == (0, 64)
+        # per image: the boxes of the second image are cut from the second image
+        pair = torch.stack([x[0], torch.randn(3, 96, 128)])
+        out = both(pair, None, [boxes[:1], boxes[1:]])
+        torch.testing.assert_close(out[1:], both(pair[1:], None, boxes[1:]), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="IMAGE_CROP_SCALES must list positive"):
+        AvgPoolRegionScorer(vit.visual, crop_stage="image", image_crop_scales=[])
+
+
+def test_image_crop_stage_from_the_config_runs_the_shared_tower_on_crops():
+    cfg = load_test_config(
+        "tiny_clip_vit_sfp",
+        **{"MODEL.OVD.VLM_SCORER.CROP_STAGE": "image", "MODEL.OVD.VLM_SCORER.NAME": "avgpool"},
+    )
+    torch.manual_seed(0)
+    backbone = build_backbone(cfg)
+    scorer = build_vlm_scorer(cfg, backbone=backbone)
+    assert scorer.crop_stage == "image" and scorer.image_crop_scales == (1.0, 1.5)
+    assert scorer.shared and not scorer.reads_backbone_map  # one tower, run on the crops
+    x = torch.randn(1, 3, 64, 96)
+    features = backbone(x)
+    assert CLIP_TOWER_FEATURE not in features  # the backbone exposes no map for it
+    boxes = torch.tensor([[10.0, 10.0, 50.0, 40.0]])
+    torch.testing.assert_close(
+        scorer(x, features, boxes), scorer.pool_image_crops(x, boxes), atol=0, rtol=0
+    )
+    # the ResNet backbone exposes no stage either
+    rn_cfg = load_test_config("tiny_clip_rn_fpn", **{"MODEL.OVD.VLM_SCORER.CROP_STAGE": "image"})
+    rn_backbone = build_backbone(rn_cfg)
+    rn_scorer = build_vlm_scorer(rn_cfg, backbone=rn_backbone)
+    assert rn_scorer.crop_stage == "image" and not rn_scorer.reads_backbone_map
+    assert rn_backbone.bottom_up.tower_map_stage is None
+    windowed = cfg.clone()
+    windowed.MODEL.OVD.VLM_SCORER.TOWER_WINDOW = 32
+    with pytest.raises(ValueError, match="with CROP_STAGE 'image' it runs on each region's crop"):
+        build_vlm_scorer(windowed, backbone=backbone)
 
 
 def test_dense_scorer_is_1x1_roialign_on_dense_map(tiny_vit):

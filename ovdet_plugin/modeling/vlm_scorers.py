@@ -22,6 +22,12 @@ VLMRegionScorer``. Registered here:
 - ``avgpool`` (RO-ViT): RoIAlign (14x14) on the last ViT map projected to CLIP space, the mean.
 - ``vild_image`` (ViLD-ensemble): ViLD's second, distilled branch on the pooled box features.
 
+With ``CROP_STAGE`` "image" a tower scorer crops the pixels instead of a map: each region, at
+every scale of ``IMAGE_CROP_SCALES``, is resampled to the tower's input size and run through the
+tower, whose whole map the scorer then pools by its own rule (ViLD's "CLIP on cropped regions",
+its 1x + 1.5x ensemble). A departure from F-VLM, F-ViT and RO-ViT, for small towers that lose a
+region's class when its tokens see the whole image.
+
 **One tower.** When the detector's backbone holds the frozen CLIP tower (F-VLM, F-ViT), the tower
 scorers read the backbone's own map (the backbone exposes it under ``CLIP_TOWER_FEATURE``) and
 keep no copy. A frozen copy is taken only when the backbone trains (RO-ViT, a fine-tuned F-ViT)
@@ -48,6 +54,7 @@ from torch import nn
 from torchvision.ops import roi_align
 
 from ..clip.dense import DenseCLIPViT, checked_tile_stride, is_open_clip_vit
+from ..clip.loading import clip_image_size
 from .backbone.clip_resnet import CLIPResNet, is_open_clip_resnet
 from .backbone.clip_vit import CLIPViT
 from .backbone.utils import CLIP_TOWER_FEATURE, build_clip_visual, clip_backbone_source
@@ -79,6 +86,8 @@ it returns follows the call contract of :mod:`ovdet_plugin.modeling.vlm_scorers`
 CROP_CONVENTIONS = ("official", "detectron2")
 # Regions per chunk of the attention pool: bounds its (chunk, heads + g², H W) intermediates.
 ATTNPOOL_CHUNK = 256
+# Region crops per tower pass with CROP_STAGE "image": bounds the tower's activations.
+IMAGE_CROP_CHUNK = 256
 
 
 def _boxes_to_rois(boxes: BoxesLike, device: torch.device) -> torch.Tensor:
@@ -93,6 +102,16 @@ def _boxes_to_rois(boxes: BoxesLike, device: torch.device) -> torch.Tensor:
     if not rois:
         return torch.zeros((0, 5), device=device)
     return torch.cat(rois, dim=0)
+
+
+def scaled_rois(rois: torch.Tensor, scale: float) -> torch.Tensor:
+    """(R, 5) RoIs with each box enlarged ``scale`` times about its centre, not clipped to the
+    image (RoIAlign reads zeros outside it: the mean colour of a normalised input)."""
+    if scale == 1.0:
+        return rois
+    centre = (rois[:, 1:3] + rois[:, 3:5]) / 2
+    half = (rois[:, 3:5] - rois[:, 1:3]) * (scale / 2)
+    return torch.cat([rois[:, :1], centre - half, centre + half], dim=1)
 
 
 class VLMRegionScorer(nn.Module):
@@ -125,6 +144,9 @@ class _TowerScorer(VLMRegionScorer):
     tower_kind: str = ""  # "resnet" or "vit"
     #: (aligned, sampling_ratio) of the method's official code (the "official" crop convention)
     official_crop = (True, -1)
+    #: where a region can be cropped (``MODEL.OVD.VLM_SCORER.CROP_STAGE``): "res5" = the
+    #: scorer's own map (C5 of a ResNet, the last block of a ViT), "image" = the pixels
+    crop_stages = ("res5", "image")
 
     def __init__(
         self,
@@ -135,6 +157,8 @@ class _TowerScorer(VLMRegionScorer):
         sampling_ratio: Optional[int] = None,
         shared: bool = False,
         reads_backbone_map: bool = False,
+        crop_stage: str = "res5",
+        image_crop_scales: Sequence[float] = (1.0, 1.5),
     ):
         """
         Args:
@@ -145,8 +169,27 @@ class _TowerScorer(VLMRegionScorer):
             shared: the tower belongs to the detector's frozen backbone (not a submodule here).
             reads_backbone_map: pool ``features[CLIP_TOWER_FEATURE]`` instead of running the
                 tower on the images.
+            crop_stage: one of ``crop_stages``; "image" crops the pixels
+                (:meth:`pool_image_crops`).
+            image_crop_scales: with ``crop_stage`` "image", the box enlargements whose crops'
+                embeddings are summed (ViLD's 1x + 1.5x ensemble by default).
         """
         super().__init__()
+        if crop_stage not in self.crop_stages:
+            raise ValueError(
+                f"MODEL.OVD.VLM_SCORER.CROP_STAGE must be one of {list(self.crop_stages)}, got "
+                f"{crop_stage!r}."
+            )
+        scales = tuple(float(s) for s in image_crop_scales)
+        if crop_stage == "image" and (not scales or min(scales) <= 0):
+            raise ValueError(
+                f"MODEL.OVD.VLM_SCORER.IMAGE_CROP_SCALES must list positive box enlargements "
+                f"(e.g. [1.0, 1.5]), got {list(image_crop_scales)}."
+            )
+        if crop_stage == "image" and reads_backbone_map:
+            raise ValueError("A scorer on image crops runs the tower itself: no backbone map.")
+        self.crop_stage = crop_stage
+        self.image_crop_scales = scales
         self.pooler_resolution = int(pooler_resolution)
         self.aligned = bool(self.official_crop[0] if aligned is None else aligned)
         self.sampling_ratio = int(
@@ -180,6 +223,40 @@ class _TowerScorer(VLMRegionScorer):
         """(B, C, h, w) tower map + boxes per image (pixels) -> (R, D) normalised embeddings."""
         raise NotImplementedError
 
+    def pool_whole(self, tower_map: torch.Tensor) -> torch.Tensor:
+        """(N, C, h, w) tower maps of region crops -> (N, D): the scorer's pooling over each whole
+        map, as the tower pools an image (not normalised)."""
+        raise NotImplementedError
+
+    def pool_image_crops(self, images: torch.Tensor, boxes: BoxesLike) -> torch.Tensor:
+        """(B, 3, H, W) input + boxes per image -> (R, D) normalised embeddings of the regions
+        cut from the pixels (``crop_stage`` "image").
+
+        ViLD's crops (Gu et al. 2022, Sec. 3.2: proposals cropped, resized to the CLIP input,
+        1x and 1.5x embeddings ensembled; its release has no crop code, and this is the crop of
+        :func:`~ovdet_plugin.clip.crops.roi_align_crops`, ViLD's targets here, without clipping
+        the enlarged box): each box enlarged by every scale of ``image_crop_scales`` about its
+        centre (not clipped; outside
+        the image RoIAlign reads zeros, the input's mean colour), resampled to the tower's input
+        size by an aligned RoIAlign with 2 samples per bin (aspect ratio not kept), run through
+        the tower (:meth:`tower_map`) and pooled whole (:meth:`pool_whole`); the scales'
+        normalised embeddings are summed and normalised (ViLD's 1x + 1.5x ensemble).
+        ``IMAGE_CROP_CHUNK`` crops per tower pass.
+        """
+        rois = _boxes_to_rois(boxes, images.device).to(images.dtype)
+        tracing = torch.jit.is_tracing()  # traced for export: one chunk (a count would be frozen)
+        if not tracing and rois.shape[0] == 0:
+            return images.new_zeros((0, self.embed_dim))
+        size = clip_image_size(self.visual)
+        total = 0
+        for scale in self.image_crop_scales:
+            crop_rois = scaled_rois(rois, scale)
+            parts = [crop_rois] if tracing else crop_rois.split(IMAGE_CROP_CHUNK)
+            crops = [roi_align(images, part, size, 1.0, 2, True) for part in parts]
+            emb = torch.cat([self.pool_whole(self.tower_map(c)) for c in crops])
+            total = total + F.normalize(emb, dim=-1)
+        return F.normalize(total, dim=-1)
+
     def _roi_align(self, feature_map: torch.Tensor, boxes: BoxesLike) -> torch.Tensor:
         rois = _boxes_to_rois(boxes, feature_map.device).to(feature_map.dtype)
         return self._roi_align_rois(feature_map, rois)
@@ -197,6 +274,8 @@ class _TowerScorer(VLMRegionScorer):
 
     def forward(self, images, features=None, boxes=(), box_features=None) -> torch.Tensor:
         with torch.no_grad():
+            if self.crop_stage == "image":
+                return self.pool_image_crops(images, boxes)
             if self.reads_backbone_map:
                 if not features or CLIP_TOWER_FEATURE not in features:
                     raise RuntimeError(
@@ -210,10 +289,13 @@ class _TowerScorer(VLMRegionScorer):
 
     def extra_repr(self) -> str:
         source = "backbone map" if self.reads_backbone_map else "own forward"
+        crop = f"crop_stage={self.crop_stage}"
+        if self.crop_stage == "image":
+            crop += f" scales={list(self.image_crop_scales)}"
         return (
             f"tower={'shared' if self.shared else 'owned'}, reads={source}, "
             f"roi_align={self.pooler_resolution}x{self.pooler_resolution} "
-            f"aligned={self.aligned} sampling_ratio={self.sampling_ratio}"
+            f"aligned={self.aligned} sampling_ratio={self.sampling_ratio}, {crop}"
         )
 
 
@@ -317,11 +399,13 @@ class AttnPoolRegionScorer(_TowerScorer):
     attention pool: RegionCLIP's region feature (Zhong et al. 2022; its ``CLIPRes5ROIHeads``),
     and the C4 crop + res5 head of Detectron2's ``Res5ROIHeads``. A departure from F-VLM, for a
     small input whose C5 cells are as large as its objects (``MODEL.OVD.VLM_SCORER.CROP_STAGE``).
+    With ``crop_stage`` "image" each region's pixels go through the whole tower
+    (:meth:`pool_image_crops`).
     """
 
     tower_kind = "resnet"
     official_crop = (False, 1)  # fvlm multilevel_crop_and_resize: no half-pixel shift
-    crop_stages = ("res5", "res4")
+    crop_stages = ("res5", "res4", "image")
 
     def __init__(
         self, visual: nn.Module, *, pooler_resolution: int = 0, crop_stage: str = "res5", **kwargs
@@ -334,19 +418,13 @@ class AttnPoolRegionScorer(_TowerScorer):
                 f"attention pool, whose positional embedding covers a {grid}x{grid} grid "
                 f"(image_size / 32). Set it to {grid} or 0."
             )
-        if crop_stage not in self.crop_stages:
-            raise ValueError(
-                f"MODEL.OVD.VLM_SCORER.CROP_STAGE must be one of {list(self.crop_stages)}, got "
-                f"{crop_stage!r}."
-            )
-        self.crop_stage = crop_stage
         # res4: the crop is grid x grid after layer4's stride 2
-        crop_size = grid if crop_stage == "res5" else 2 * grid
-        super().__init__(visual, pooler_resolution=crop_size, **kwargs)
+        crop_size = 2 * grid if crop_stage == "res4" else grid
+        super().__init__(visual, pooler_resolution=crop_size, crop_stage=crop_stage, **kwargs)
 
     @property
     def tower_stride(self) -> int:
-        return 32 if self.crop_stage == "res5" else 16
+        return 16 if self.crop_stage == "res4" else 32
 
     @property
     def embed_dim(self) -> int:
@@ -356,6 +434,9 @@ class AttnPoolRegionScorer(_TowerScorer):
         v = self.visual
         c4 = v.layer3(v.layer2(v.layer1(v.stem(images))))  # stride 16
         return c4 if self.crop_stage == "res4" else v.layer4(c4)  # C5, stride 32
+
+    def pool_whole(self, tower_map: torch.Tensor) -> torch.Tensor:
+        return self.visual.attnpool(tower_map)  # CLIP's own pooling of a C5 map
 
     def pool(self, tower_map: torch.Tensor, boxes: BoxesLike) -> torch.Tensor:
         if self.crop_stage == "res4":
@@ -380,9 +461,6 @@ class AttnPoolRegionScorer(_TowerScorer):
         parts = [rois] if tracing else rois.split(ATTNPOOL_CHUNK)  # >= 1 part, even for 0 RoIs
         v = self.visual
         return torch.cat([v.attnpool(v.layer4(self._roi_align_rois(c4, part))) for part in parts])
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, crop_stage={self.crop_stage}"
 
 
 class _ViTTowerScorer(_TowerScorer):
@@ -441,6 +519,9 @@ class DenseRegionScorer(_ViTTowerScorer):
         crops = self._roi_align(dense, boxes)
         return F.normalize(crops.mean(dim=(2, 3)), dim=-1)
 
+    def pool_whole(self, tower_map: torch.Tensor) -> torch.Tensor:
+        return self.dense.project_map(tower_map).mean(dim=(2, 3))  # the mean of the dense map
+
 
 class AvgPoolRegionScorer(_ViTTowerScorer):
     """RO-ViT (Kim et al. 2023, Sec. 3.3; DITO ``AveragePool`` roi_head_fn): RoIAlign (14x14) on
@@ -460,10 +541,19 @@ class AvgPoolRegionScorer(_ViTTowerScorer):
     def pool(self, tower_map: torch.Tensor, boxes: BoxesLike) -> torch.Tensor:
         if not self.ln_after_pool:
             tower_map = self.dense.project_map(tower_map, normalize=False)
-        pooled = self._roi_align(tower_map, boxes).mean(dim=(2, 3))  # average pool
+        return F.normalize(self._average(self._roi_align(tower_map, boxes)), dim=-1)
+
+    def pool_whole(self, tower_map: torch.Tensor) -> torch.Tensor:
+        if not self.ln_after_pool:
+            tower_map = self.dense.project_map(tower_map, normalize=False)
+        return self._average(tower_map)  # open_clip's own average pool of the patch tokens
+
+    def _average(self, maps: torch.Tensor) -> torch.Tensor:
+        """(N, C, r, r) maps (projected unless ``ln_after_pool``) -> (N, D), their mean."""
+        pooled = maps.mean(dim=(2, 3))
         if self.ln_after_pool:
             pooled = self.visual.ln_post(pooled) @ self.visual.proj
-        return F.normalize(pooled, dim=-1)
+        return pooled
 
 
 class ViLDImageBranchScorer(VLMRegionScorer):
@@ -534,6 +624,12 @@ def _window_args(cfg, scorer_cls) -> dict:
     sc = cfg.MODEL.OVD.VLM_SCORER
     if not sc.TOWER_WINDOW:
         return {}
+    if sc.CROP_STAGE == "image":
+        raise ValueError(
+            f"MODEL.OVD.VLM_SCORER.TOWER_WINDOW ({sc.TOWER_WINDOW}) runs the tower on windows of "
+            "the whole image; with CROP_STAGE 'image' it runs on each region's crop: set "
+            "TOWER_WINDOW to 0."
+        )
     if scorer_cls.tower_kind != "vit":
         raise ValueError(
             f"MODEL.OVD.VLM_SCORER.TOWER_WINDOW ({sc.TOWER_WINDOW}) runs a ViT tower on windows; "
@@ -543,22 +639,24 @@ def _window_args(cfg, scorer_cls) -> dict:
 
 
 def _crop_stage_args(cfg, scorer_cls) -> dict:
-    """``crop_stage`` of ``CROP_STAGE`` for the attention-pool scorer ({} for the others, whose
-    towers have no stages: the key must keep its default "res5" there)."""
-    stage = cfg.MODEL.OVD.VLM_SCORER.CROP_STAGE
-    if scorer_cls is AttnPoolRegionScorer:
-        return {"crop_stage": stage}
-    if stage != "res5":
+    """``crop_stage`` (and ``image_crop_scales`` for "image") of ``CROP_STAGE``, checked against
+    the stages the scorer has ("res4" only on the attention pool's CLIP ResNet)."""
+    sc = cfg.MODEL.OVD.VLM_SCORER
+    if sc.CROP_STAGE not in scorer_cls.crop_stages:
         raise ValueError(
-            f"MODEL.OVD.VLM_SCORER.CROP_STAGE {stage!r} picks the CLIP ResNet stage the "
-            f"'attnpool' scorer crops; the {cfg.MODEL.OVD.VLM_SCORER.NAME!r} scorer has no such "
-            "stage: leave it at 'res5'."
+            f"MODEL.OVD.VLM_SCORER.CROP_STAGE {sc.CROP_STAGE!r} is not a stage the "
+            f"{sc.NAME!r} scorer crops at; its stages: {list(scorer_cls.crop_stages)} ('res4' "
+            "is a CLIP ResNet stage, for the 'attnpool' scorer)."
         )
-    return {}
+    if sc.CROP_STAGE == "image":
+        return {"crop_stage": "image", "image_crop_scales": tuple(sc.IMAGE_CROP_SCALES)}
+    return {"crop_stage": sc.CROP_STAGE}
 
 
-def _why_not_backbone_map(scorer_cls, trunk, window: int = 0) -> str:
+def _why_not_backbone_map(scorer_cls, trunk, window: int = 0, crop_stage: str = "res5") -> str:
     """Why the frozen backbone trunk does not compute the map the scorer pools ("" if it does)."""
+    if crop_stage == "image":
+        return "the scorer runs the tower on each region's crop (VLM_SCORER.CROP_STAGE 'image')"
     if window:
         return f"the scorer runs the tower on {window}-px windows (VLM_SCORER.TOWER_WINDOW)"
     if scorer_cls.tower_kind == "vit" and trunk.value_only_last_block != scorer_cls.value_only_last:
@@ -602,10 +700,12 @@ def _build_tower_scorer(cfg, scorer_cls, backbone: Optional[nn.Module]):
             how = f"a frozen copy of the backbone's tower ({why})"
         else:
             shared = True
-            reason = _why_not_backbone_map(scorer_cls, trunk, window.get("window", 0))
+            reason = _why_not_backbone_map(
+                scorer_cls, trunk, window.get("window", 0), stage["crop_stage"]
+            )
             reads_map = not reason
-            if reads_map:
-                trunk.expose_tower_map(*stage.values())  # the ResNet's stage, if any
+            if reads_map:  # the ResNet exposes the stage cropped; the ViT has one map
+                trunk.expose_tower_map(*([stage["crop_stage"]] if kind == "resnet" else []))
                 how = "the frozen backbone's tower, reading its map (no second forward)"
             else:
                 how = f"the frozen backbone's tower, run a second time ({reason})"
@@ -629,8 +729,14 @@ def _build_tower_scorer(cfg, scorer_cls, backbone: Optional[nn.Module]):
         scorer.sampling_ratio,
         f"; tower on {scorer.window}-px windows every {scorer.window_stride} px" if window else "",
     )
-    if stage.get("crop_stage") == "res4":
+    if stage["crop_stage"] == "res4":
         logger.info("VLM scorer: the tower's last stage (layer4) runs on each region's C4 crop")
+    if stage["crop_stage"] == "image":
+        logger.info(
+            "VLM scorer: the tower runs on each region's pixels, cropped at %s x the box and "
+            "resized to its input size",
+            list(scorer.image_crop_scales),
+        )
     return scorer
 
 
