@@ -76,6 +76,13 @@ def test_smoke_run_produces_every_step_and_the_lvis_evaluation(smoke_run):
         if region:
             scorer = {"fvlm": "attnpool", "fvit": "dense", "rovit": "avgpool"}[key]
             assert region["scorer"] == scorer
+            # F-VLM (C4 crop) and RO-ViT (crops of the pixels) depart from their papers' region
+            # feature: the paper's, on the map of the whole image, is measured beside it
+            on_map = rec.get("region_zero_shot_map")
+            assert (on_map is not None) == (key in ("fvlm", "rovit"))
+            if on_map:
+                assert on_map["scorer"] == scorer and on_map["n_all"] == region["n_all"]
+                assert "on the whole image's map, the paper's region feature: rare" in md
             assert region["n_all"] == region["n_r"] + region["n_c"] + region["n_f"] > 0
             assert 0.0 <= region["all"] <= 100.0
             # the scorer's most frequent answer, said beside the figure in results.md
@@ -432,7 +439,7 @@ def test_a_failed_step_is_said_at_once_while_the_other_runs_on(tmp_path):
     assert load_step(tmp_path / "out" / "clip_rn") is not None
 
 
-def _fake_results(path, methods, ap, region=None):
+def _fake_results(path, methods, ap, region=None, map_region=None):
     os.makedirs(path, exist_ok=True)
     recs = {}
     for k in methods:
@@ -442,6 +449,8 @@ def _fake_results(path, methods, ap, region=None):
             recs[k]["detector_only"] = dict(box, APr=ap / 4)
         if region is not None:
             recs[k]["region_zero_shot"] = {"r": region, "all": region / 2, "scorer": "avgpool"}
+        if map_region is not None:  # the paper's region feature, beside the fused scorer's
+            recs[k]["region_zero_shot_map"] = {"r": map_region, "all": map_region / 2}
     report = {"methods": recs, "clip": {"zero_shot": {"r": 50.0, "all": 40.0}}}
     with open(os.path.join(path, "results.json"), "w") as f:
         json.dump(report, f)
@@ -580,8 +589,13 @@ def test_cpe_claim_over_the_seeds_of_both_pretraining_variants(tmp_path):
     assert "--seed" not in jobs["pretrain_multipos"]
     for seed, (none, cpe) in enumerate([(2.0, 10.0), (3.0, 12.0), (4.0, 14.0)]):
         suffix = f"_seed{seed}" if seed else ""
-        _fake_results(tmp_path / "ablations" / f"pretrain_multipos{suffix}", ["rovit"], 8, none)
-        _fake_results(tmp_path / "ablations" / f"pretrain_cpe_multipos{suffix}", ["rovit"], 8, cpe)
+        # the fused scorer (crops of the pixels here) says 80 for both: the claim reads the map
+        _fake_results(
+            tmp_path / "ablations" / f"pretrain_multipos{suffix}", ["rovit"], 8, 80.0, none
+        )
+        _fake_results(
+            tmp_path / "ablations" / f"pretrain_cpe_multipos{suffix}", ["rovit"], 8, 80.0, cpe
+        )
     table = collect_ablations(str(tmp_path), (0, 1, 2))
     cpe = table["pretraining"]["cpe_multipos"]
     assert cpe["seeds"] == [0, 1, 2] and cpe["region_r"]["mean"] == pytest.approx(12.0)
