@@ -236,11 +236,10 @@ class _TowerScorer(VLMRegionScorer):
         1x and 1.5x embeddings ensembled; its release has no crop code, and this is the crop of
         :func:`~ovdet_plugin.clip.crops.roi_align_crops`, ViLD's targets here, without clipping
         the enlarged box): each box enlarged by every scale of ``image_crop_scales`` about its
-        centre (not clipped; outside
-        the image RoIAlign reads zeros, the input's mean colour), resampled to the tower's input
-        size by an aligned RoIAlign with 2 samples per bin (aspect ratio not kept), run through
-        the tower (:meth:`tower_map`) and pooled whole (:meth:`pool_whole`); the scales'
-        normalised embeddings are summed and normalised (ViLD's 1x + 1.5x ensemble).
+        centre (not clipped; outside the image RoIAlign reads zeros, the input's mean colour),
+        resampled to the tower's input size by an aligned RoIAlign with 2 samples per bin
+        (aspect ratio not kept), run through the tower (:meth:`tower_map`) and pooled whole
+        (:meth:`pool_whole`); the scales' normalised embeddings are summed and normalised.
         ``IMAGE_CROP_CHUNK`` crops per tower pass.
         """
         rois = _boxes_to_rois(boxes, images.device).to(images.dtype)
