@@ -38,6 +38,7 @@ __all__ = [
     "crop_pixels",
     "encode_crops",
     "enlarge_boxes",
+    "scale_boxes",
     "normalize_for_clip",
     "padded_crops",
     "pixel_boxes",
@@ -49,12 +50,18 @@ __all__ = [
 ]
 
 
-def enlarge_boxes(boxes: torch.Tensor, scale: float, *, width: int, height: int) -> torch.Tensor:
-    """(M, 4) XYXY boxes enlarged ``scale`` times about their centres, clipped to the
-    ``width`` x ``height`` image (keyword-only: the two sizes are easy to swap). Float output."""
+def scale_boxes(boxes: torch.Tensor, scale: float) -> torch.Tensor:
+    """(M, 4) XYXY boxes enlarged ``scale`` times about their centres, not clipped."""
     centre = (boxes[:, :2] + boxes[:, 2:]) / 2
     half = (boxes[:, 2:] - boxes[:, :2]) * scale / 2
-    out = torch.cat([centre - half, centre + half], dim=1)
+    return torch.cat([centre - half, centre + half], dim=1)
+
+
+def enlarge_boxes(boxes: torch.Tensor, scale: float, *, width: int, height: int) -> torch.Tensor:
+    """(M, 4) XYXY boxes enlarged ``scale`` times about their centres (:func:`scale_boxes`),
+    clipped to the ``width`` x ``height`` image (keyword-only: the two sizes are easy to swap).
+    Float output."""
+    out = scale_boxes(boxes, scale)
     out[:, 0::2] = out[:, 0::2].clamp(0, width)
     out[:, 1::2] = out[:, 1::2].clamp(0, height)
     return out

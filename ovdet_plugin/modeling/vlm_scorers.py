@@ -53,6 +53,7 @@ from detectron2.utils.registry import Registry
 from torch import nn
 from torchvision.ops import roi_align
 
+from ..clip.crops import scale_boxes
 from ..clip.dense import DenseCLIPViT, checked_tile_stride, is_open_clip_vit
 from ..clip.loading import clip_image_size
 from .backbone.clip_resnet import CLIPResNet, is_open_clip_resnet
@@ -102,16 +103,6 @@ def _boxes_to_rois(boxes: BoxesLike, device: torch.device) -> torch.Tensor:
     if not rois:
         return torch.zeros((0, 5), device=device)
     return torch.cat(rois, dim=0)
-
-
-def scaled_rois(rois: torch.Tensor, scale: float) -> torch.Tensor:
-    """(R, 5) RoIs with each box enlarged ``scale`` times about its centre, not clipped to the
-    image (RoIAlign reads zeros outside it: the mean colour of a normalised input)."""
-    if scale == 1.0:
-        return rois
-    centre = (rois[:, 1:3] + rois[:, 3:5]) / 2
-    half = (rois[:, 3:5] - rois[:, 1:3]) * (scale / 2)
-    return torch.cat([rois[:, :1], centre - half, centre + half], dim=1)
 
 
 class VLMRegionScorer(nn.Module):
@@ -249,10 +240,17 @@ class _TowerScorer(VLMRegionScorer):
         size = clip_image_size(self.visual)
         total = 0
         for scale in self.image_crop_scales:
-            crop_rois = scaled_rois(rois, scale)
+            # not clipped: outside the image RoIAlign reads zeros (the normalised mean colour)
+            crop_rois = rois
+            if scale != 1.0:
+                crop_rois = torch.cat([rois[:, :1], scale_boxes(rois[:, 1:], scale)], dim=1)
             parts = [crop_rois] if tracing else crop_rois.split(IMAGE_CROP_CHUNK)
-            crops = [roi_align(images, part, size, 1.0, 2, True) for part in parts]
-            emb = torch.cat([self.pool_whole(self.tower_map(c)) for c in crops])
+            emb = torch.cat(
+                [
+                    self.pool_whole(self.tower_map(roi_align(images, part, size, 1.0, 2, True)))
+                    for part in parts  # one chunk's crops at a time
+                ]
+            )
             total = total + F.normalize(emb, dim=-1)
         return F.normalize(total, dim=-1)
 
@@ -538,17 +536,21 @@ class AvgPoolRegionScorer(_ViTTowerScorer):
         self.ln_after_pool = bool(getattr(self.visual, "final_ln_after_pool", False))
 
     def pool(self, tower_map: torch.Tensor, boxes: BoxesLike) -> torch.Tensor:
-        if not self.ln_after_pool:
-            tower_map = self.dense.project_map(tower_map, normalize=False)
-        return F.normalize(self._average(self._roi_align(tower_map, boxes)), dim=-1)
+        pooled = self._average(self._roi_align(self._to_pool_space(tower_map), boxes))
+        return F.normalize(pooled, dim=-1)
 
     def pool_whole(self, tower_map: torch.Tensor) -> torch.Tensor:
-        if not self.ln_after_pool:
-            tower_map = self.dense.project_map(tower_map, normalize=False)
-        return self._average(tower_map)  # open_clip's own average pool of the patch tokens
+        # open_clip's own average pool of the patch tokens
+        return self._average(self._to_pool_space(tower_map))
+
+    def _to_pool_space(self, tower_map: torch.Tensor) -> torch.Tensor:
+        """The map the average is taken on: projected per token, unless ``ln_after_pool``."""
+        if self.ln_after_pool:
+            return tower_map
+        return self.dense.project_map(tower_map, normalize=False)
 
     def _average(self, maps: torch.Tensor) -> torch.Tensor:
-        """(N, C, r, r) maps (projected unless ``ln_after_pool``) -> (N, D), their mean."""
+        """(N, C, r, r) maps from :meth:`_to_pool_space` -> (N, D), their mean."""
         pooled = maps.mean(dim=(2, 3))
         if self.ln_after_pool:
             pooled = self.visual.ln_post(pooled) @ self.visual.proj
