@@ -326,6 +326,10 @@ def _add_backbone_config(cfg: CN) -> None:
     _C.MODEL.OVD.VLM_SCORER.TOWER_WINDOW = 0
     # Pixels between windows with TOWER_WINDOW > 0; 0 = half the window.
     _C.MODEL.OVD.VLM_SCORER.TOWER_WINDOW_STRIDE = 0
+    # How a ViT scorer runs the tower's last block: "default" = the scorer's paper ("dense":
+    # value-only, CLIPSelf; "avgpool": with attention, RO-ViT), "value_only" or "attention".
+    # Set it as the CLIPSelf student was trained (MODEL.OVD.CLIPSELF.VALUE_ONLY_LAST_BLOCK).
+    _C.MODEL.OVD.VLM_SCORER.LAST_BLOCK = "default"
 
 
 def _add_pretraining_config(cfg: CN) -> None:
@@ -445,6 +449,15 @@ def _add_pretraining_config(cfg: CN) -> None:
     _C.MODEL.OVD.CLIPSELF.TOWER_WINDOW = 0
     # Pixels between windows with TOWER_WINDOW > 0; 0 = half the window.
     _C.MODEL.OVD.CLIPSELF.TOWER_WINDOW_STRIDE = 0
+    # > 0 adds this weight x an InfoNCE loss over the batch's regions (each student region picks
+    # its own teacher crop; not in CLIPSelf, whose loss is the cosine alone): 0 = the paper.
+    _C.MODEL.OVD.CLIPSELF.CONTRASTIVE_WEIGHT = 0.0
+    # Logit scale of that InfoNCE (student @ teacher.T times this).
+    _C.MODEL.OVD.CLIPSELF.CONTRASTIVE_TEMPERATURE = 10.0
+    # The student's dense map runs the tower's last block value-only (True: CLIPSelf's map,
+    # methods §3.1) or with its attention (False: a 2-block tower keeps a second attention layer);
+    # read it alike at test time with MODEL.OVD.VLM_SCORER.LAST_BLOCK.
+    _C.MODEL.OVD.CLIPSELF.VALUE_ONLY_LAST_BLOCK = True
 
 
 def _add_proposal_config(cfg: CN) -> None:

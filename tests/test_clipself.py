@@ -17,6 +17,7 @@ from ovdet_plugin.pretraining.clipself import (
     ensemble_state_dict,
     grid_choices,
     load_proposals,
+    region_contrastive_loss,
     roi_features,
     sample_grid_boxes,
 )
@@ -96,6 +97,17 @@ def test_loss_values():
     a = F.normalize(torch.randn(5, 8), dim=-1)
     assert abs(clipself_loss(a, a).item()) < 1e-6
     assert abs(clipself_loss(a, -a).item() - 2.0) < 1e-6
+
+
+def test_region_contrastive_loss():
+    """Each student region must pick its own teacher crop: matched pairs at a high logit scale
+    give a loss near 0, the same embeddings paired in another order a high one."""
+    a = F.normalize(torch.randn(6, 16, generator=torch.Generator().manual_seed(0)), dim=-1)
+    assert region_contrastive_loss(a, a, 100.0).item() < 0.05
+    assert region_contrastive_loss(a, a.roll(1, 0), 100.0).item() > 5.0
+    # the logit scale enters as a product: scale 1 is the plain softmax of cosines
+    expected = F.cross_entropy(a @ a.t(), torch.arange(6))
+    torch.testing.assert_close(region_contrastive_loss(a, a, 1.0), expected)
 
 
 def test_ensemble_weights():
@@ -189,6 +201,39 @@ def test_student_on_windows_is_the_map_the_windowed_dense_scorer_reads():
             ValueError, match="CLIPSELF.TOWER_WINDOW .* multiples of the tower's patch"
         ):
             _model(**bad)
+
+
+def test_contrastive_term_and_attention_last_block():
+    """CONTRASTIVE_WEIGHT adds its weighted InfoNCE as a second loss; VALUE_ONLY_LAST_BLOCK False
+    makes the student's map the one the dense scorer reads with LAST_BLOCK "attention" (not
+    CLIPSelf's value-only map); training with both lowers the summed loss."""
+    from ovdet_plugin.modeling.vlm_scorers import DenseRegionScorer
+
+    model = _model(contrastive_weight=2.0, contrastive_temperature=10.0, value_only_last=False)
+    torch.manual_seed(0)
+    losses = model(_images())
+    assert set(losses) == {"loss_clipself", "loss_clipself_contrastive"}
+    assert losses["loss_clipself_contrastive"].item() > 0
+    images = torch.randn(2, 3, 96, 96)
+    scorer = DenseRegionScorer(copy.deepcopy(model.clip.visual), value_only_last=False)
+    with torch.no_grad():
+        read = scorer.dense.project_map(scorer.tower_map(images))
+        student = model.student(images, value_only_last=False)
+        paper = model.student(images)
+    torch.testing.assert_close(student, read)
+    assert not torch.allclose(student, paper, atol=1e-3)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-3)
+    totals = []
+    for step in range(8):
+        torch.manual_seed(step % 2)
+        loss = sum(model(_images()).values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        totals.append(loss.item())
+    assert totals[-2] < totals[0] and totals[-1] < totals[1]  # the same region draws compared
+    assert _model().contrastive_weight == 0.0 and _model().value_only_last  # the paper's
 
 
 def test_saved_ensemble_equals_formula_and_loads(tmp_path):

@@ -337,6 +337,40 @@ def test_dense_scorer_on_attention_last_block_runs_the_shared_tower():
     assert CLIP_TOWER_FEATURE not in backbone(torch.randn(1, 3, 64, 64))
 
 
+def test_last_block_key_sets_the_scorers_map_and_map_sharing():
+    """VLM_SCORER.LAST_BLOCK: "attention" makes the dense scorer read the map of a backbone whose
+    last block keeps attention (one tower pass) and equals the tower run that way; "value_only"
+    on that backbone runs the tower again; a ResNet scorer or an unknown value is refused."""
+    cfg = load_test_config(
+        "tiny_clip_vit_sfp",
+        **{
+            "MODEL.OVD.BACKBONE.VIT_VALUE_ONLY_LAST_BLOCK": False,
+            "MODEL.OVD.VLM_SCORER.LAST_BLOCK": "attention",
+        },
+    )
+    torch.manual_seed(0)
+    backbone = build_backbone(cfg)
+    scorer = build_vlm_scorer(cfg, backbone=backbone)
+    assert not scorer.value_only_last and scorer.shared and scorer.reads_backbone_map
+    x = torch.randn(1, 3, 64, 96)
+    features = backbone(x)
+    boxes = torch.tensor([[0.0, 0.0, 40.0, 50.0], [20.0, 10.0, 90.0, 60.0]])
+    fmap = scorer.dense.last_block_map(x, value_only_last=False)
+    torch.testing.assert_close(scorer(x, features, boxes), scorer.pool(fmap, boxes))
+    cfg.merge_from_list(["MODEL.OVD.VLM_SCORER.LAST_BLOCK", "value_only"])
+    value_only = build_vlm_scorer(cfg, backbone=backbone)
+    assert value_only.value_only_last and not value_only.reads_backbone_map
+    assert not torch.allclose(value_only(x, features, boxes), scorer(x, features, boxes))
+    cfg.merge_from_list(["MODEL.OVD.VLM_SCORER.LAST_BLOCK", "values"])
+    with pytest.raises(ValueError, match="LAST_BLOCK must be one of"):
+        build_vlm_scorer(cfg, backbone=backbone)
+    cfg = load_test_config(
+        "tiny_clip_rn_fpn.yaml", **{"MODEL.OVD.VLM_SCORER.LAST_BLOCK": "attention"}
+    )
+    with pytest.raises(ValueError, match="LAST_BLOCK 'attention' .* 'attnpool' scorer's tower"):
+        build_vlm_scorer(cfg)
+
+
 def test_frozen_copy_survives_backbone_fine_tuning():
     cfg = load_test_config("tiny_clip_vit_sfp.yaml", **{"MODEL.OVD.BACKBONE.FREEZE": False})
     torch.manual_seed(0)

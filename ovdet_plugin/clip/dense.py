@@ -403,6 +403,7 @@ class DenseCLIPViT(nn.Module):
         window_block_indexes=(),
         tile: int = 0,
         tile_stride: int = 0,
+        value_only_last: bool = True,
     ) -> torch.Tensor:
         """CLIPSelf "v2" dense map (methods §3.1).
 
@@ -410,6 +411,8 @@ class DenseCLIPViT(nn.Module):
             images: (B, 3, H, W) CLIP-normalised, H and W multiples of the patch size.
             window_size, window_block_indexes: window attention (see :meth:`run_blocks`).
             tile, tile_stride: run the tower on image tiles (see :meth:`last_block_map`).
+            value_only_last: the last block value-only (CLIPSelf's map, the default) or with
+                its attention (a small tower's second attention layer kept).
         Returns:
             (B, D, H/p, W/p), each location L2-normalised.
         """
@@ -417,14 +420,14 @@ class DenseCLIPViT(nn.Module):
             raise ValueError("Use either window attention or image tiles, not both.")
         if not window_size:  # the whole image, or its tiles
             fmap = self.last_block_map(
-                images, value_only_last=True, tile=tile, tile_stride=tile_stride
+                images, value_only_last=value_only_last, tile=tile, tile_stride=tile_stride
             )
             return self.project_map(fmap)
         x, grid = self.embed(images)
         x, _ = self.run_blocks(
             x,
             grid,
-            value_only_last=True,
+            value_only_last=value_only_last,
             window_size=window_size,
             window_block_indexes=window_block_indexes,
         )

@@ -85,6 +85,8 @@ it returns follows the call contract of :mod:`ovdet_plugin.modeling.vlm_scorers`
 """
 
 CROP_CONVENTIONS = ("official", "detectron2")
+# VLM_SCORER.LAST_BLOCK: the scorer's own (paper) mode, or the ViT's last block forced either way.
+LAST_BLOCK_CHOICES = ("default", "value_only", "attention")
 # Regions per chunk of the attention pool: bounds its (chunk, heads + g², H W) intermediates.
 ATTNPOOL_CHUNK = 256
 # Region crops per tower pass with CROP_STAGE "image": bounds the tower's activations.
@@ -474,8 +476,20 @@ class _ViTTowerScorer(_TowerScorer):
     #: the last block the scorer's map comes from runs value-only (CLIPSelf) or not
     value_only_last: bool = False
 
-    def __init__(self, visual: nn.Module, *, window: int = 0, window_stride: int = 0, **kwargs):
+    def __init__(
+        self,
+        visual: nn.Module,
+        *,
+        window: int = 0,
+        window_stride: int = 0,
+        value_only_last: Optional[bool] = None,
+        **kwargs,
+    ):
+        """``value_only_last``: run the tower's last block value-only or with its attention;
+        None = the scorer's paper (the class attribute)."""
         super().__init__(visual, **kwargs)
+        if value_only_last is not None:
+            self.value_only_last = bool(value_only_last)
         # the wrapper adds no parameter; a plain attribute keeps the tower out of the module tree
         object.__setattr__(self, "dense", DenseCLIPViT(visual))
         self.window = int(window)
@@ -654,17 +668,41 @@ def _crop_stage_args(cfg, scorer_cls) -> dict:
     return {"crop_stage": sc.CROP_STAGE}
 
 
-def _why_not_backbone_map(scorer_cls, trunk, window: int = 0, crop_stage: str = "res5") -> str:
-    """Why the frozen backbone trunk does not compute the map the scorer pools ("" if it does)."""
+def _last_block_args(cfg, scorer_cls) -> dict:
+    """``value_only_last`` of ``LAST_BLOCK`` for a ViT scorer ({} for "default")."""
+    choice = cfg.MODEL.OVD.VLM_SCORER.LAST_BLOCK
+    if choice not in LAST_BLOCK_CHOICES:
+        raise ValueError(
+            f"MODEL.OVD.VLM_SCORER.LAST_BLOCK must be one of {list(LAST_BLOCK_CHOICES)}, got "
+            f"{choice!r}."
+        )
+    if choice == "default":
+        return {}
+    if scorer_cls.tower_kind != "vit":
+        raise ValueError(
+            f"MODEL.OVD.VLM_SCORER.LAST_BLOCK {choice!r} sets how a ViT tower runs its last "
+            f"block; the {cfg.MODEL.OVD.VLM_SCORER.NAME!r} scorer's tower is a CLIP "
+            f"{scorer_cls.tower_kind}: set it to 'default'."
+        )
+    return {"value_only_last": choice == "value_only"}
+
+
+def _why_not_backbone_map(
+    scorer_cls, trunk, window: int = 0, crop_stage: str = "res5", value_only_last=None
+) -> str:
+    """Why the frozen backbone trunk does not compute the map the scorer pools ("" if it does).
+    ``value_only_last``: the scorer's last-block mode (None: its class default)."""
     if crop_stage == "image":
         return "the scorer runs the tower on each region's crop (VLM_SCORER.CROP_STAGE 'image')"
     if window:
         return f"the scorer runs the tower on {window}-px windows (VLM_SCORER.TOWER_WINDOW)"
-    if scorer_cls.tower_kind == "vit" and trunk.value_only_last_block != scorer_cls.value_only_last:
+    if value_only_last is None:
+        value_only_last = getattr(scorer_cls, "value_only_last", None)
+    if scorer_cls.tower_kind == "vit" and trunk.value_only_last_block != value_only_last:
         mode = {True: "value-only", False: "with attention"}
         return (
             f"the backbone runs its last block {mode[trunk.value_only_last_block]}, the scorer "
-            f"needs it {mode[scorer_cls.value_only_last]}"
+            f"needs it {mode[value_only_last]}"
         )
     return ""
 
@@ -687,6 +725,7 @@ def _build_tower_scorer(cfg, scorer_cls, backbone: Optional[nn.Module]):
         )
     window = _window_args(cfg, scorer_cls)
     stage = _crop_stage_args(cfg, scorer_cls)
+    last_block = _last_block_args(cfg, scorer_cls)
     shared, reads_map = False, False
     if trunk is None:
         how = (
@@ -702,7 +741,11 @@ def _build_tower_scorer(cfg, scorer_cls, backbone: Optional[nn.Module]):
         else:
             shared = True
             reason = _why_not_backbone_map(
-                scorer_cls, trunk, window.get("window", 0), stage["crop_stage"]
+                scorer_cls,
+                trunk,
+                window.get("window", 0),
+                stage["crop_stage"],
+                last_block.get("value_only_last"),
             )
             reads_map = not reason
             if reads_map:  # the ResNet exposes the stage cropped; the ViT has one map
@@ -718,6 +761,7 @@ def _build_tower_scorer(cfg, scorer_cls, backbone: Optional[nn.Module]):
         **_crop_args(cfg),
         **window,
         **stage,
+        **last_block,
     )
     logger.info(
         "VLM scorer %s on %s; RoIAlign %dx%d at stride %d, aligned=%s, sampling_ratio=%d%s",

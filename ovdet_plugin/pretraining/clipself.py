@@ -42,6 +42,7 @@ __all__ = [
     "grid_choices",
     "list_training_images",
     "load_proposals",
+    "region_contrastive_loss",
     "roi_features",
     "sample_grid_boxes",
 ]
@@ -118,6 +119,17 @@ def clipself_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     return 1.0 - F.cosine_similarity(student, teacher, dim=-1).mean()
 
 
+def region_contrastive_loss(
+    student: torch.Tensor, teacher: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """InfoNCE of (K, D) L2-normalised region embeddings: each student region must pick its own
+    teacher crop among the batch's K (cross-entropy of ``temperature * student @ teacher.T``
+    against the diagonal). Not in CLIPSelf: an addition for towers whose students, under the
+    cosine loss alone, drift toward the mean teacher embedding."""
+    logits = float(temperature) * student @ teacher.t()
+    return F.cross_entropy(logits, torch.arange(len(student), device=student.device))
+
+
 def check_ensemble_alpha(alpha: float) -> None:
     """Raise ``ValueError`` unless 0 <= ``alpha`` <= 1 (outside, the exported weights
     extrapolate beyond both student and teacher)."""
@@ -170,6 +182,9 @@ class CLIPSelfModel(nn.Module):
         teacher_crop_scale: float = -1.0,
         tower_window: int = 0,
         tower_window_stride: int = 0,
+        contrastive_weight: float = 0.0,
+        contrastive_temperature: float = 10.0,
+        value_only_last: bool = True,
     ):
         """
         Args:
@@ -184,6 +199,12 @@ class CLIPSelfModel(nn.Module):
                 averages their maps, as the scorer with the same ``VLM_SCORER.TOWER_WINDOW``
                 does at test time (:meth:`DenseCLIPViT.last_block_map`); 0 = the whole image
                 (the paper).
+            contrastive_weight, contrastive_temperature: > 0 adds this weight x
+                :func:`region_contrastive_loss` at this logit scale to the cosine loss (not in
+                CLIPSelf); 0 = the paper.
+            value_only_last: the student's map runs the last block value-only (CLIPSelf's
+                dense map, the default) or with its attention; the F-ViT scorer must read its
+                map alike (``VLM_SCORER.LAST_BLOCK``).
         """
         super().__init__()
         if mode not in REGION_MODES:
@@ -216,6 +237,9 @@ class CLIPSelfModel(nn.Module):
             teacher_crop_scale = 1.0 if mode == "grid" else 1.5
         self.teacher_crop_scale = float(teacher_crop_scale)
         self.teacher_size = clip_image_size(clip_model)[0]
+        self.contrastive_weight = float(contrastive_weight)
+        self.contrastive_temperature = float(contrastive_temperature)
+        self.value_only_last = bool(value_only_last)
 
     @classmethod
     def from_config(cls, cfg):
@@ -232,6 +256,9 @@ class CLIPSelfModel(nn.Module):
             "teacher_crop_scale": c.TEACHER_CROP_SCALE,
             "tower_window": c.TOWER_WINDOW,
             "tower_window_stride": c.TOWER_WINDOW_STRIDE,
+            "contrastive_weight": c.CONTRASTIVE_WEIGHT,
+            "contrastive_temperature": c.CONTRASTIVE_TEMPERATURE,
+            "value_only_last": c.VALUE_ONLY_LAST_BLOCK,
         }
 
     @property
@@ -291,7 +318,10 @@ class CLIPSelfModel(nn.Module):
             h, w = s["image"].shape[-2:]
             images[i, :, :h, :w] = s["image"]
         dense = self.student(  # (B, D, S/p, S/p)
-            normalize_for_clip(images), tile=self.tower_window, tile_stride=self.tower_window_stride
+            normalize_for_clip(images),
+            tile=self.tower_window,
+            tile_stride=self.tower_window_stride,
+            value_only_last=self.value_only_last,
         )
         if sum(len(b) for b in boxes) == 0:
             return {"loss_clipself": dense.sum() * 0}
@@ -299,7 +329,12 @@ class CLIPSelfModel(nn.Module):
         with torch.no_grad():
             crops = torch.cat([self.teacher_inputs(s["image"], b) for s, b in zip(samples, boxes)])
             teacher = F.normalize(self.teacher(crops), dim=-1)
-        return {"loss_clipself": clipself_loss(student, teacher)}
+        losses = {"loss_clipself": clipself_loss(student, teacher)}
+        if self.contrastive_weight > 0:
+            losses["loss_clipself_contrastive"] = self.contrastive_weight * region_contrastive_loss(
+                student, teacher, self.contrastive_temperature
+            )
+        return losses
 
     # -------------------------------------------------------------- export
     def ensembled_clip_state_dict(self, alpha: float) -> Dict[str, torch.Tensor]:
