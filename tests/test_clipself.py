@@ -234,6 +234,8 @@ def test_contrastive_term_and_attention_last_block():
         totals.append(loss.item())
     assert totals[-2] < totals[0] and totals[-1] < totals[1]  # the same region draws compared
     assert _model().contrastive_weight == 0.0 and _model().value_only_last  # the paper's
+    with pytest.raises(ValueError, match="CONTRASTIVE_TEMPERATURE must be > 0"):
+        _model(contrastive_weight=1.0, contrastive_temperature=0.0)
 
 
 def test_saved_ensemble_equals_formula_and_loads(tmp_path):

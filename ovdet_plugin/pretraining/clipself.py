@@ -237,6 +237,11 @@ class CLIPSelfModel(nn.Module):
             teacher_crop_scale = 1.0 if mode == "grid" else 1.5
         self.teacher_crop_scale = float(teacher_crop_scale)
         self.teacher_size = clip_image_size(clip_model)[0]
+        if contrastive_weight > 0 and contrastive_temperature <= 0:
+            raise ValueError(
+                f"MODEL.OVD.CLIPSELF.CONTRASTIVE_TEMPERATURE must be > 0 (the InfoNCE logit "
+                f"scale), got {contrastive_temperature}; 10.0 is the default."
+            )
         self.contrastive_weight = float(contrastive_weight)
         self.contrastive_temperature = float(contrastive_temperature)
         self.value_only_last = bool(value_only_last)
