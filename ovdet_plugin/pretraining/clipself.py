@@ -123,9 +123,10 @@ def region_contrastive_loss(
     student: torch.Tensor, teacher: torch.Tensor, temperature: float
 ) -> torch.Tensor:
     """InfoNCE of (K, D) L2-normalised region embeddings: each student region must pick its own
-    teacher crop among the batch's K (cross-entropy of ``temperature * student @ teacher.T``
-    against the diagonal). Not in CLIPSelf: an addition for towers whose students, under the
-    cosine loss alone, drift toward the mean teacher embedding."""
+    teacher crop among the K of this process's batch (cross-entropy of ``temperature * student
+    @ teacher.T`` against the diagonal; no gathering across ranks). Not in CLIPSelf: an addition
+    for towers whose students, under the cosine loss alone, drift toward the mean teacher
+    embedding."""
     logits = float(temperature) * student @ teacher.t()
     return F.cross_entropy(logits, torch.arange(len(student), device=student.device))
 
