@@ -76,10 +76,11 @@ def test_smoke_run_produces_every_step_and_the_lvis_evaluation(smoke_run):
         if region:
             scorer = {"fvlm": "attnpool", "fvit": "dense", "rovit": "avgpool"}[key]
             assert region["scorer"] == scorer
-            # F-VLM (C4 crop) and RO-ViT (crops of the pixels) depart from their papers' region
-            # feature: the paper's, on the map of the whole image, is measured beside it
+            # F-VLM (C4 crop), RO-ViT (crops of the pixels) and F-ViT (64-px windows) depart from
+            # their papers' region feature: the paper's, on the map of the whole image, is
+            # measured beside it
             on_map = rec.get("region_zero_shot_map")
-            assert (on_map is not None) == (key in ("fvlm", "rovit"))
+            assert (on_map is not None) == (key in ("fvlm", "rovit", "fvit"))
             if on_map:
                 assert on_map["scorer"] == scorer and on_map["n_all"] == region["n_all"]
                 assert "on the whole image's map, the paper's region feature: rare" in md
