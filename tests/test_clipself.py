@@ -136,13 +136,13 @@ def _images(n=4, seed=0):
 
 
 def _train_steps(model, steps):
-    """AdamW steps on :func:`_images`, two fixed region draws alternating; the losses."""
+    """AdamW steps on :func:`_images`, two fixed region draws alternating; the summed losses."""
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.1)
     batch, losses = _images(), []
     for step in range(steps):
         torch.manual_seed(step % 2)
-        loss = model(batch)["loss_clipself"]
+        loss = sum(model(batch).values())
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -222,16 +222,7 @@ def test_contrastive_term_and_attention_last_block():
         paper = model.student(images)
     torch.testing.assert_close(student, read)
     assert not torch.allclose(student, paper, atol=1e-3)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-3)
-    totals = []
-    for step in range(8):
-        torch.manual_seed(step % 2)
-        loss = sum(model(_images()).values())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        totals.append(loss.item())
+    totals = _train_steps(model, 8)
     assert totals[-2] < totals[0] and totals[-1] < totals[1]  # the same region draws compared
     assert _model().contrastive_weight == 0.0 and _model().value_only_last  # the paper's
     with pytest.raises(ValueError, match="CONTRASTIVE_TEMPERATURE must be > 0"):
