@@ -10,8 +10,8 @@ LINT_PATHS := ovdet_plugin tools tests benchmarks configs/lazy setup.py
 install:
 	@VENV=$(VENV) bash tools/install_env.sh
 
-# The end-to-end benchmark on generated data (14 min on a 2-core AMD EPYC CPU; 11.5-22 min on
-# 2-core Intel Xeons, with the shared host's load and the CPU model; README): data, the shipped
+# The end-to-end benchmark on generated data (11.5-22 min on 2-core Intel Xeons, 14-32 min on
+# 2-core AMD EPYCs, with the shared host's load and the CPU model; README): data, the shipped
 # tiny CLIPs' zero-shot figures, CLIPSelf, ViLD / F-VLM / F-ViT / RO-ViT via tools/train_net.py,
 # the stock LVISEvaluator, results.md + pictures. Finished steps are reused on the next run.
 demo: install

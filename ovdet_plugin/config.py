@@ -431,6 +431,10 @@ def _add_pretraining_config(cfg: CN) -> None:
     # Teacher crop = the region enlarged this much about its centre (1.0 for grid cells, 1.5 for
     # proposals; the student RoI stays the tight box, methods §3.4). -1 = the mode's default.
     _C.MODEL.OVD.CLIPSELF.TEACHER_CROP_SCALE = -1.0
+    # How the teacher crop is resized to the tower's input: "padded" = long side resized, centred
+    # zero padding (open_clip ResizeMaxSize, the paper, methods §3.3); "stretched" = resampled to
+    # a square by an aligned RoIAlign, the aspect ratio not kept (ViLD's crops, methods §1.5).
+    _C.MODEL.OVD.CLIPSELF.TEACHER_CROP_STYLE = "padded"
     # Proposals (MODE "proposals"): JSON, either {"<file name>": [[x0, y0, x1, y1], ...]} or a list
     # of {"file_name": ..., "boxes": [...]}, absolute XYXY pixels of the original image.
     _C.MODEL.OVD.CLIPSELF.PROPOSALS_FILE = ""

@@ -9,7 +9,13 @@ import torch
 import torch.nn.functional as F
 
 from ovdet_plugin.clip import build_clip_model
-from ovdet_plugin.clip.crops import crop_pixels, enlarge_boxes, pixel_boxes, resize_max_size
+from ovdet_plugin.clip.crops import (
+    crop_pixels,
+    enlarge_boxes,
+    normalize_for_clip,
+    pixel_boxes,
+    resize_max_size,
+)
 from ovdet_plugin.pretraining.clipself import (
     CLIPSelfImageDataset,
     CLIPSelfModel,
@@ -83,6 +89,29 @@ def test_teacher_crop_scale_and_resize_pad():
     out = resize_max_size(crop, 64)
     assert out.shape == (3, 64, 64)
     assert (out[:, 16:48, :] > 0.99).all() and (out[:, :16] == 0).all() and (out[:, 48:] == 0).all()
+
+
+def test_teacher_crop_styles():
+    """ "padded" keeps the crop's aspect ratio (zero bands), "stretched" fills the square with the
+    enlarged box's pixels; an unknown style is refused by name."""
+    image = torch.zeros(3, 64, 64)
+    image[:, 20:30, 10:50] = 1.0  # a 40 x 10 white bar, its box below
+    boxes = torch.tensor([[10.0, 20.0, 50.0, 30.0]])
+    padded = _model(teacher_crop_scale=1.0).teacher_inputs(image, boxes)
+    model = _model(teacher_crop_scale=1.0, teacher_crop_style="stretched")
+    stretched = model.teacher_inputs(image, boxes)
+    size = model.teacher_size
+    assert padded.shape == stretched.shape == (1, 3, size, size)
+    white = normalize_for_clip(torch.ones(1, 3, 1, 1))[0, :, 0, 0]
+    black = normalize_for_clip(torch.zeros(1, 3, 1, 1))[0, :, 0, 0]
+    # aligned RoIAlign blends the pixels just outside the box into the border samples: half a
+    # pixel is 0.5 / (10 / size) rows of the 10-px-high box, 2 columns of the 40-px-wide one
+    inner = stretched[0, :, 8:-8, 2:-2]
+    torch.testing.assert_close(inner, white[:, None, None].expand_as(inner))  # no padding band
+    torch.testing.assert_close(padded[0, :, 0, size // 2], black)  # the zero band above
+    torch.testing.assert_close(padded[0, :, size // 2, size // 2], white, atol=1e-3, rtol=0)
+    with pytest.raises(ValueError, match="TEACHER_CROP_STYLE"):
+        _model(teacher_crop_style="square")
 
 
 def test_roi_features_1x1_roialign():

@@ -26,7 +26,7 @@ from torch import nn
 from torch.utils.data import Dataset
 from torchvision.ops import roi_align
 
-from ..clip.crops import normalize_for_clip, padded_crops
+from ..clip.crops import normalize_for_clip, padded_crops, roi_align_crops
 from ..clip.dense import DenseCLIPViT, checked_tile_stride
 from ..clip.loading import build_clip_model, clip_image_size
 from ..utils.atomic_io import atomic_write_path
@@ -55,6 +55,8 @@ _IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 # ---------------------------------------------------------------------- regions
 # Region sources of the student (MODEL.OVD.CLIPSELF.MODE).
 REGION_MODES = ("grid", "proposals", "annotations")
+# MODEL.OVD.CLIPSELF.TEACHER_CROP_STYLE -> crop function (image, boxes, size, scale).
+TEACHER_CROP_STYLES = {"padded": padded_crops, "stretched": roi_align_crops}
 
 
 def grid_choices(max_split: int = 6) -> List[Tuple[int, int]]:
@@ -181,6 +183,7 @@ class CLIPSelfModel(nn.Module):
         train_blocks: int = -1,
         mode: str = "grid",
         teacher_crop_scale: float = -1.0,
+        teacher_crop_style: str = "padded",
         tower_window: int = 0,
         tower_window_stride: int = 0,
         contrastive_weight: float = 0.0,
@@ -196,6 +199,8 @@ class CLIPSelfModel(nn.Module):
             mode: "grid", "proposals" (methods §3.4) or "annotations" (a dataset's own boxes,
                 used as proposals: :func:`annotation_boxes`).
             teacher_crop_scale: teacher crop enlargement; -1 = 1.0 (grid) / 1.5 (boxes).
+            teacher_crop_style: "padded" (:func:`padded_crops`, the paper) or "stretched"
+                (:func:`roi_align_crops`, the aspect ratio not kept).
             tower_window, tower_window_stride: > 0 runs the student on windows of its input and
                 averages their maps, as the scorer with the same ``VLM_SCORER.TOWER_WINDOW``
                 does at test time (:meth:`DenseCLIPViT.last_block_map`); 0 = the whole image
@@ -237,6 +242,13 @@ class CLIPSelfModel(nn.Module):
         if teacher_crop_scale < 0:
             teacher_crop_scale = 1.0 if mode == "grid" else 1.5
         self.teacher_crop_scale = float(teacher_crop_scale)
+        if teacher_crop_style not in TEACHER_CROP_STYLES:
+            raise ValueError(
+                f"MODEL.OVD.CLIPSELF.TEACHER_CROP_STYLE must be one of "
+                f"{sorted(TEACHER_CROP_STYLES)}, got {teacher_crop_style!r}; 'padded' is the "
+                "paper's."
+            )
+        self.teacher_crop_style = teacher_crop_style
         self.teacher_size = clip_image_size(clip_model)[0]
         if contrastive_weight > 0 and contrastive_temperature <= 0:
             raise ValueError(
@@ -260,6 +272,7 @@ class CLIPSelfModel(nn.Module):
             "train_blocks": c.TRAIN_BLOCKS,
             "mode": c.MODE,
             "teacher_crop_scale": c.TEACHER_CROP_SCALE,
+            "teacher_crop_style": c.TEACHER_CROP_STYLE,
             "tower_window": c.TOWER_WINDOW,
             "tower_window_stride": c.TOWER_WINDOW_STRIDE,
             "contrastive_weight": c.CONTRASTIVE_WEIGHT,
@@ -302,8 +315,8 @@ class CLIPSelfModel(nn.Module):
         """(K, 3, T, T) CLIP-normalised teacher crops of one [0, 1] image (methods §3.3-3.4)."""
         if len(boxes) == 0:
             return image.new_zeros(0, 3, self.teacher_size, self.teacher_size)
-        crops = padded_crops(image, boxes, self.teacher_size, self.teacher_crop_scale)
-        return normalize_for_clip(crops)
+        crop = TEACHER_CROP_STYLES[self.teacher_crop_style]
+        return normalize_for_clip(crop(image, boxes, self.teacher_size, self.teacher_crop_scale))
 
     def forward(self, batch: List[Dict]) -> Dict[str, torch.Tensor]:
         device = self.clip.logit_scale.device
