@@ -145,7 +145,7 @@ def test_clipself_model_uses_the_shared_crops():
     image = torch.rand(3, 70, 100, generator=torch.Generator().manual_seed(6))
     boxes = _random_boxes(5, 100, 70, seed=7)
     model = CLIPSelfModel.__new__(CLIPSelfModel)
-    model.teacher_size, model.teacher_crop_scale = 32, 1.5
+    model.teacher_size, model.teacher_crop_scale, model.teacher_crop_style = 32, 1.5, "padded"
     assert torch.equal(
         CLIPSelfModel.teacher_inputs(model, image, boxes),
         _old_teacher_inputs(image, boxes, 32, 1.5),
