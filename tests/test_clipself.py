@@ -92,8 +92,8 @@ def test_teacher_crop_scale_and_resize_pad():
 
 
 def test_teacher_crop_styles():
-    """ "padded" keeps the crop's aspect ratio (zero bands), "stretched" fills the square with the
-    enlarged box's pixels; an unknown style is refused by name."""
+    """The padded style keeps the crop's aspect ratio (zero bands), the stretched style fills the
+    square with the box's pixels; an unknown style is refused by name."""
     image = torch.zeros(3, 64, 64)
     image[:, 20:30, 10:50] = 1.0  # a 40 x 10 white bar, its box below
     boxes = torch.tensor([[10.0, 20.0, 50.0, 30.0]])
