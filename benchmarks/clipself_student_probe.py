@@ -1,6 +1,7 @@
 """How a CLIPSelf student's region embeddings relate to its teacher's (eighteenth session,
 benchmarks/RESULTS.md "CLIPSelf for a two-block tower"): over the ground-truth boxes of a split,
-the teacher's embeddings of CLIPSelf's padded crops and the student's 1x1 RoIAlign features of
+the teacher's embeddings of CLIPSelf's crops (padded, or stretched as
+``--teacher-crop-style``) and the student's 1x1 RoIAlign features of
 its dense map, each classified against the category names, plus the mean cosine between the two
 and between embeddings of the same and of different kinds.
 
@@ -9,21 +10,18 @@ and between embeddings of the same and of different kinds.
 """
 
 import argparse
-import json
-import os
 import sys
 
-import cv2
 import torch
 import torch.nn.functional as F
 
 from ovdet_plugin.clip import build_clip_model, get_clip_tokenizer
-from ovdet_plugin.clip.crops import normalize_for_clip, padded_crops
+from ovdet_plugin.clip.crops import normalize_for_clip
 from ovdet_plugin.clip.dense import DenseCLIPViT
 from ovdet_plugin.clip.loading import clip_image_size
 from ovdet_plugin.clip.text_embeddings import encode_vocabulary
-from ovdet_plugin.evaluation.region_zero_shot import category_names
-from ovdet_plugin.pretraining.clipself import roi_features
+from ovdet_plugin.evaluation.region_zero_shot import boxed_images, load_split
+from ovdet_plugin.pretraining.clipself import TEACHER_CROP_STYLES, roi_features
 
 
 def main(argv=None):
@@ -35,41 +33,33 @@ def main(argv=None):
     p.add_argument("--teacher", required=True, help="the tower CLIPSelf started from")
     p.add_argument("--student", required=True, help="CLIPSelf's export")
     p.add_argument("--crop-scale", type=float, default=1.5, help="teacher crop (CLIPSelf: 1.5)")
+    p.add_argument(
+        "--teacher-crop-style",
+        default="padded",
+        choices=sorted(TEACHER_CROP_STYLES),
+        help="as MODEL.OVD.CLIPSELF.TEACHER_CROP_STYLE (padded: the paper's)",
+    )
     p.add_argument("--window", type=int, default=0, help="student on windows (TOWER_WINDOW)")
     p.add_argument("--attention-last-block", action="store_true")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     teacher = build_clip_model(args.model_name, args.teacher).eval()
     dense = DenseCLIPViT(build_clip_model(args.model_name, args.student).visual).eval()
+    data, cats = load_split(args.dataset, args.split)
     text = encode_vocabulary(
         teacher,
         get_clip_tokenizer(args.model_name),
-        category_names(args.dataset, args.split),
+        [c["name"] for c in cats],  # ascending id order, as category_names gives them
         prompts="single",
         show_progress=False,
     )
-    with open(os.path.join(args.dataset, f"{args.split}.json")) as f:
-        data = json.load(f)
-    cats = sorted(data["categories"], key=lambda c: c["id"])
     index = {c["id"]: i for i, c in enumerate(cats)}
-    by_image = {}
-    for a in data["annotations"]:
-        by_image.setdefault(a["image_id"], []).append(a)
+    crop = TEACHER_CROP_STYLES[args.teacher_crop_style]
     t_emb, s_emb, labels = [], [], []
     with torch.no_grad():
-        for img in data["images"][: args.images]:
-            anns = by_image.get(img["id"], [])
-            if not anns:
-                continue
-            bgr = cv2.imread(os.path.join(args.dataset, img["file_name"]), cv2.IMREAD_COLOR)
-            if bgr is None:
-                raise ValueError(f"Cannot read image {img['file_name']} (missing or corrupt)")
+        for bgr, anns, boxes in boxed_images(data, args.dataset, args.images):
             x = torch.from_numpy(bgr[:, :, ::-1].copy()).permute(2, 0, 1).float() / 255
-            boxes = torch.tensor([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2],
-                                   a["bbox"][1] + a["bbox"][3]] for a in anns])  # fmt: skip
-            crops = normalize_for_clip(
-                padded_crops(x, boxes, clip_image_size(teacher)[0], args.crop_scale)
-            )
+            crops = normalize_for_clip(crop(x, boxes, clip_image_size(teacher)[0], args.crop_scale))
             t_emb.append(F.normalize(teacher.visual(crops), dim=-1))
             fmap = dense(
                 normalize_for_clip(x)[None],

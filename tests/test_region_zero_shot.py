@@ -13,6 +13,7 @@ from ovdet_plugin.config import get_ovdet_cfg
 from ovdet_plugin.data.synthetic import generate_synthetic_dataset
 from ovdet_plugin.evaluation.region_zero_shot import (
     answer_bias,
+    boxed_images,
     method_region_zero_shot,
     region_zero_shot_accuracy,
 )
@@ -68,6 +69,21 @@ def test_a_scorer_that_names_every_box_scores_100_and_a_constant_one_its_class_s
     assert acc["top_share"] == pytest.approx(100.0 * max(counts.values()) / sum(counts.values()))
     names = {c["id"]: c["name"] for c in val["categories"]}
     assert acc["top_name"] in {names[c] for c, n in counts.items() if n == max(counts.values())}
+
+
+def test_boxed_images_yields_each_annotated_image_of_the_first_n_with_xyxy_boxes(dataset):
+    root, val = dataset
+    val = dict(
+        val, annotations=[a for a in val["annotations"] if a["image_id"] != val["images"][0]["id"]]
+    )
+    items = list(boxed_images(val, root, limit=3))
+    assert len(items) == 2  # the first image has no annotation left
+    for (bgr, anns, boxes), img in zip(items, val["images"][1:3]):
+        assert bgr.shape == (img["height"], img["width"], 3) and bgr.dtype.name == "uint8"
+        assert {a["image_id"] for a in anns} == {img["id"]}
+        for (x0, y0, x1, y1), a in zip(boxes.tolist(), anns):
+            assert [x0, y0, x1 - x0, y1 - y0] == pytest.approx(a["bbox"])
+    assert len(list(boxed_images(val, root))) == len(val["images"]) - 1
 
 
 def test_answer_bias_names_the_most_frequent_answer():

@@ -13,31 +13,58 @@ import json
 import os
 import sys
 from collections import Counter, defaultdict
-from typing import Dict, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import cv2
+import numpy as np
 import torch
 
 from .zero_shot_crops import group_accuracy
 
 __all__ = [
     "answer_bias",
+    "boxed_images",
     "category_names",
+    "load_split",
     "method_region_zero_shot",
     "region_zero_shot_accuracy",
 ]
 
 
-def _load_split(dataset_dir: str, split: str):
+def load_split(dataset_dir: str, split: str):
     """(the split's json, its categories in ascending id order)."""
     with open(os.path.join(dataset_dir, f"{split}.json"), encoding="utf-8") as f:
         data = json.load(f)
     return data, sorted(data["categories"], key=lambda c: c["id"])
 
 
+def boxed_images(
+    data: Dict, dataset_dir: str, limit: Optional[int] = None
+) -> Iterator[Tuple[np.ndarray, List[Dict], torch.Tensor]]:
+    """(BGR uint8 image, its annotations, their (R, 4) float32 XYXY boxes) for each of the first
+    ``limit`` (None: all) images of a loaded LVIS-format split ``data`` that has annotations, in
+    the split's order; a missing or corrupt image file raises ``ValueError`` naming it."""
+    by_image = defaultdict(list)
+    for a in data["annotations"]:
+        by_image[a["image_id"]].append(a)
+    for img in data["images"][:limit]:
+        anns = by_image.get(img["id"], [])
+        if not anns:
+            continue
+        path = os.path.join(dataset_dir, img["file_name"])
+        bgr = cv2.imread(path, cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise ValueError(f"Cannot read image {path} (missing or corrupt)")
+        boxes = torch.tensor(
+            [[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
+             for a in anns], dtype=torch.float32,
+        )  # fmt: skip
+        yield bgr, anns, boxes
+
+
 def category_names(dataset_dir: str, split: str = "val"):
     """The split's category names in ascending id order: the text rows the accuracy expects."""
-    return [c["name"] for c in _load_split(dataset_dir, split)[1]]
+    return [c["name"] for c in load_split(dataset_dir, split)[1]]
 
 
 @torch.no_grad()
@@ -76,7 +103,7 @@ def region_zero_shot_accuracy(
     """
     from ..clip import CLIP_PIXEL_MEAN, CLIP_PIXEL_STD
 
-    data, cats = _load_split(dataset_dir, split)
+    data, cats = load_split(dataset_dir, split)
     if text_embeddings.shape[0] != len(cats):
         raise ValueError(
             f"{len(cats)} categories in {split}.json but {text_embeddings.shape[0]} text "
@@ -85,22 +112,8 @@ def region_zero_shot_accuracy(
     frequency = {c["id"]: c["frequency"] for c in cats}
     mean = torch.tensor(pixel_mean or CLIP_PIXEL_MEAN, dtype=torch.float32).view(3, 1, 1)
     std = torch.tensor(pixel_std or CLIP_PIXEL_STD, dtype=torch.float32).view(3, 1, 1)
-    by_image = defaultdict(list)
-    for a in data["annotations"]:
-        by_image[a["image_id"]].append(a)
     predicted, true = [], []
-    for img in data["images"]:
-        anns = by_image.get(img["id"], [])
-        if not anns:
-            continue
-        path = os.path.join(dataset_dir, img["file_name"])
-        bgr = cv2.imread(path, cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise ValueError(f"Cannot read image {path} (missing or corrupt)")
-        boxes = torch.tensor(
-            [[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
-             for a in anns], dtype=torch.float32,
-        )  # fmt: skip
+    for bgr, anns, boxes in boxed_images(data, dataset_dir):
         factor = scale * (_test_scale(bgr.shape[:2], test_size) if test_size else 1.0)
         if factor != 1.0:
             bgr, factors = _resize(bgr, factor, size_divisibility)
