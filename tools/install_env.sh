@@ -31,6 +31,22 @@ fi
 PY="$VENV/bin/python"
 PIP=("$PY" -m pip --disable-pip-version-check)
 
+# A new environment takes about 6.1 GiB (torch's CUDA build and its nvidia-* libraries: 4.5 GiB).
+# Check the free space first: pip, when the disk fills, stops midway with "[Errno 28] No space
+# left on device" and leaves a half-filled virtualenv. OVDET_SKIP_DISK_CHECK=1 skips the check;
+# OVDET_INSTALL_NEED_GIB sets the amount (the tests).
+NEED_GIB=${OVDET_INSTALL_NEED_GIB:-6.5}
+if [ "${OVDET_SKIP_DISK_CHECK:-0}" != 1 ] && ! "$PY" -c "import torch" 2>/dev/null; then
+  free_kib=$(df -Pk "$VENV" | awk 'NR == 2 {print $4}')
+  if [ -n "$free_kib" ] && awk -v k="$free_kib" -v g="$NEED_GIB" 'BEGIN {exit !(k < g * 1048576)}'; then
+    echo "[install] not enough disk space for $VENV: $(awk -v k="$free_kib" 'BEGIN {printf "%.1f", k / 1048576}') GiB" \
+      "free on its filesystem, about $NEED_GIB GiB needed (torch with its CUDA libraries)." \
+      "Free some space, or put the environment on another disk (make install VENV=/other/disk/venv)," \
+      "or set OVDET_SKIP_DISK_CHECK=1 to try anyway." >&2
+    exit 1
+  fi
+fi
+
 echo "[install] torch, torchvision and the other pinned dependencies (constraints.txt)"
 "${PIP[@]}" install -q -c constraints.txt torch torchvision open_clip_torch fvcore iopath \
   pycocotools opencv-python-headless numpy 'setuptools' visaionlvis wheel pytest
