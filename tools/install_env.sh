@@ -31,7 +31,8 @@ fi
 PY="$VENV/bin/python"
 PIP=("$PY" -m pip --disable-pip-version-check)
 
-# A new environment takes about 6.1 GiB (torch's CUDA build and its nvidia-* libraries: 4.5 GiB).
+# A new environment takes about 6.1 GiB (torch's CUDA build, its nvidia-* libraries and triton:
+# 5.2 GiB).
 # Check the free space first: pip, when the disk fills, stops midway with "[Errno 28] No space
 # left on device" and leaves a half-filled virtualenv. OVDET_SKIP_DISK_CHECK=1 skips the check;
 # OVDET_INSTALL_NEED_GIB sets the amount (the tests).
