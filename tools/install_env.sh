@@ -32,10 +32,9 @@ PY="$VENV/bin/python"
 PIP=("$PY" -m pip --disable-pip-version-check)
 
 # A new environment takes about 6.1 GiB (torch's CUDA build, its nvidia-* libraries and triton:
-# 5.2 GiB).
-# Check the free space first: pip, when the disk fills, stops midway with "[Errno 28] No space
-# left on device" and leaves a half-filled virtualenv. OVDET_SKIP_DISK_CHECK=1 skips the check;
-# OVDET_INSTALL_NEED_GIB sets the amount (the tests).
+# 5.2 GiB), so the free space is checked first: pip, when the disk fills, stops midway with
+# "[Errno 28] No space left on device" and leaves a half-filled virtualenv.
+# OVDET_SKIP_DISK_CHECK=1 skips the check; OVDET_INSTALL_NEED_GIB sets the amount (the tests).
 NEED_GIB=${OVDET_INSTALL_NEED_GIB:-6.5}
 if [ "${OVDET_SKIP_DISK_CHECK:-0}" != 1 ] && ! "$PY" -c "import torch" 2>/dev/null; then
   free_kib=$(df -Pk "$VENV" | awk 'NR == 2 {print $4}')
